@@ -1,0 +1,18 @@
+"""Procedural tasks with per-token difficulty annotations, by name."""
+
+from tasks.base import PAD, Example, Stream, Task, make_batch
+from tasks.parity import ParityTask
+
+TASKS: dict[str, type[Task]] = {
+    ParityTask.name: ParityTask,
+}
+
+
+def make(name: str, **options) -> Task:
+  """The task registered as `name`, built with its options (from `config.task.options`)."""
+  if name not in TASKS:
+    raise ValueError(f'unknown task {name!r}; known tasks: {", ".join(sorted(TASKS))}')
+  return TASKS[name](**options)
+
+
+__all__ = ['PAD', 'Example', 'Stream', 'Task', 'TASKS', 'make', 'make_batch']

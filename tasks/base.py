@@ -1,0 +1,146 @@
+"""The task interface: seeded samplers of examples whose per-token difficulty is known.
+
+A task turns (numpy Generator, size) into one unpadded `Example`. Everything else — sampling
+sizes, padding, deterministic streams per (seed, step, host) — is shared and lives here, so a new
+task is one small subclass plus its registration in `tasks/__init__.py`.
+
+Conventions every task follows:
+- token id 0 is padding (`PAD`); `vocab[0] == '<pad>'`;
+- `targets[i]` is what the model must predict at position i (next token for language-style tasks,
+  a per-position label for parity); it is only scored where `loss_mask[i]` is true;
+- `complexity[i]` is the ground-truth difficulty of position i (the value analyses correlate depth
+  with, and the only annotation the `oracle` decider may read);
+- `features[name][i]` are further per-token annotations, for analysis only.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
+
+import numpy as np
+
+PAD = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One unpadded example; every array has shape [T]."""
+
+  tokens: np.ndarray  # int32
+  targets: np.ndarray  # int32, ids in the same vocabulary as tokens
+  loss_mask: np.ndarray  # bool: positions whose target is scored (answer tokens)
+  complexity: np.ndarray  # float32
+  features: dict[str, np.ndarray]  # name -> float32 [T]
+
+  def __post_init__(self):
+    length = len(self.tokens)
+    for name, array in [('targets', self.targets), ('loss_mask', self.loss_mask),
+                        ('complexity', self.complexity), *self.features.items()]:
+      if array.shape != (length,):
+        raise ValueError(f'{name} has shape {array.shape}, expected ({length},)')
+
+
+class Task(abc.ABC):
+  """A procedural task. Subclasses set `name`, `vocab`, `feature_names` and sample examples."""
+
+  name: ClassVar[str]
+  feature_names: ClassVar[tuple[str, ...]] = ()
+
+  @property
+  @abc.abstractmethod
+  def vocab(self) -> tuple[str, ...]:
+    """Token strings by id; `vocab[PAD] == '<pad>'`."""
+
+  @abc.abstractmethod
+  def sample(self, rng: np.random.Generator, size: int) -> Example:
+    """One example at difficulty `size`, drawn only from `rng`."""
+
+  @abc.abstractmethod
+  def seq_len(self, max_size: int) -> int:
+    """An upper bound on the length of any example of size <= max_size."""
+
+  @property
+  def vocab_size(self) -> int:
+    return len(self.vocab)
+
+  def valid_sizes(self) -> tuple[int, int]:
+    """The smallest and largest size this task can generate (inclusive)."""
+    return 1, 10**9
+
+  def decode(self, tokens: Sequence[int]) -> list[str]:
+    return [self.vocab[int(t)] for t in tokens]
+
+
+def make_batch(examples: Sequence[Example], sizes: Sequence[int], seq_len: int,
+               feature_names: Sequence[str]) -> dict[str, np.ndarray]:
+  """Pads examples to `seq_len` on the right and stacks them into a batch of numpy arrays.
+
+  Returns a dict with `tokens`, `targets` [B, seq_len] int32, `loss_mask` [B, seq_len] bool,
+  `complexity` [B, seq_len] float32, `size` [B] int32, and `features` {name: [B, seq_len]}.
+  Right padding keeps causal attention from ever reading a pad token from a real one.
+  """
+  batch_size = len(examples)
+  tokens = np.full((batch_size, seq_len), PAD, np.int32)
+  targets = np.zeros((batch_size, seq_len), np.int32)
+  loss_mask = np.zeros((batch_size, seq_len), bool)
+  complexity = np.zeros((batch_size, seq_len), np.float32)
+  features = {name: np.zeros((batch_size, seq_len), np.float32) for name in feature_names}
+  for b, ex in enumerate(examples):
+    n = len(ex.tokens)
+    if n > seq_len:
+      raise ValueError(f'example of length {n} does not fit seq_len={seq_len}')
+    tokens[b, :n] = ex.tokens
+    targets[b, :n] = ex.targets
+    loss_mask[b, :n] = ex.loss_mask
+    complexity[b, :n] = ex.complexity
+    for name in feature_names:
+      features[name][b, :n] = ex.features[name]
+  return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, complexity=complexity,
+              size=np.asarray(sizes, np.int32), features=features)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+  """An infinite, deterministic stream of batches of one task at a set of sizes.
+
+  Batch `step` on host `host_index` depends only on (seed, step, host_index): resuming at any step
+  or adding hosts never changes what another (step, host) sees, and no global RNG is touched.
+  Each example's size is drawn uniformly from `sizes`.
+  """
+
+  task: Task
+  sizes: tuple[int, ...]
+  batch_size: int  # examples per host
+  seed: int
+  host_index: int = 0
+  host_count: int = 1
+  seq_len: int | None = None  # defaults to task.seq_len(max(sizes))
+
+  def __post_init__(self):
+    if not self.sizes:
+      raise ValueError('a stream needs at least one size')
+    if not 0 <= self.host_index < self.host_count:
+      raise ValueError(f'host_index={self.host_index} not in [0, {self.host_count})')
+    lo, hi = self.task.valid_sizes()
+    bad = [s for s in self.sizes if not lo <= s <= hi]
+    if bad:
+      raise ValueError(f'task {self.task.name!r} cannot generate sizes {bad}; valid: {lo}..{hi}')
+
+  @property
+  def length(self) -> int:
+    return self.seq_len or self.task.seq_len(max(self.sizes))
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self.seed, step, self.host_index, self.host_count])
+    sizes = rng.choice(np.asarray(self.sizes), size=self.batch_size)
+    examples = [self.task.sample(rng, int(s)) for s in sizes]
+    return make_batch(examples, sizes, self.length, self.task.feature_names)
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    step = 0
+    while True:
+      yield self.batch(step)
+      step += 1

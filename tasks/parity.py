@@ -1,0 +1,64 @@
+"""Parity: the running parity of a binary string (the main job's task).
+
+Two layouts, one class:
+- `prefix` (default): tokens are n random bits; at every position the target is the parity of the
+  bits so far. Size = n. Each position's complexity is the number of ones so far — the count
+  whose parity must be found.
+- `ponder`: the PonderNet layout (Banino et al. 2021): a vector of `ponder_length` entries of
+  which `size` are set to +1 or -1 at random places, the rest 0; one target, at the last position,
+  is the parity of the count of +1 entries. Train sizes 1..48 of 96 and test 49..96 reproduce
+  PonderNet's extrapolation split.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks import base
+
+_ZERO, _ONE, _MINUS_ONE = 1, 2, 3
+
+
+class ParityTask(base.Task):
+  """Running parity of uniform random bits (prefix) or PonderNet's sparse ±1 parity (ponder)."""
+
+  name = 'parity'
+  feature_names = ('ones_so_far', 'position')
+
+  def __init__(self, layout: str = 'prefix', ponder_length: int = 96):
+    if layout not in ('prefix', 'ponder'):
+      raise ValueError(f"parity layout must be 'prefix' or 'ponder', got {layout!r}")
+    self.layout = layout
+    self.ponder_length = ponder_length
+
+  @property
+  def vocab(self) -> tuple[str, ...]:
+    return ('<pad>', '0', '1', '-1')
+
+  def valid_sizes(self) -> tuple[int, int]:
+    return (1, self.ponder_length) if self.layout == 'ponder' else (1, 10**6)
+
+  def seq_len(self, max_size: int) -> int:
+    return self.ponder_length if self.layout == 'ponder' else max_size
+
+  def sample(self, rng: np.random.Generator, size: int) -> base.Example:
+    if self.layout == 'prefix':
+      bits = rng.integers(0, 2, size=size)
+      ones = np.cumsum(bits)
+      tokens = np.where(bits == 1, _ONE, _ZERO)
+      targets = np.where(ones % 2 == 1, _ONE, _ZERO)
+      loss_mask = np.ones(size, bool)
+    else:
+      values = np.zeros(self.ponder_length, np.int64)
+      places = rng.choice(self.ponder_length, size=size, replace=False)
+      values[places] = rng.choice([-1, 1], size=size)
+      ones = np.cumsum(values == 1)
+      tokens = np.select([values == 1, values == -1], [_ONE, _MINUS_ONE], _ZERO)
+      targets = np.where(ones % 2 == 1, _ONE, _ZERO)
+      loss_mask = np.zeros(self.ponder_length, bool)
+      loss_mask[-1] = True
+    position = np.arange(1, len(tokens) + 1)
+    return base.Example(
+        tokens=tokens.astype(np.int32), targets=targets.astype(np.int32), loss_mask=loss_mask,
+        complexity=ones.astype(np.float32),
+        features=dict(ones_so_far=ones.astype(np.float32), position=position.astype(np.float32)))
