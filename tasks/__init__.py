@@ -1,10 +1,14 @@
 """Procedural tasks with per-token difficulty annotations, by name."""
 
 from tasks.base import PAD, Example, Stream, Task, make_batch
+from tasks.brevo import BrevoTask
+from tasks.clrs import ClrsTask
+from tasks.lano import LanoTask
+from tasks.mano import ManoTask
 from tasks.parity import ParityTask
 
 TASKS: dict[str, type[Task]] = {
-    ParityTask.name: ParityTask,
+    cls.name: cls for cls in (ParityTask, ManoTask, BrevoTask, ClrsTask, LanoTask)
 }
 
 

@@ -1,0 +1,214 @@
+"""Typed views of an experiment config, and start-up validation.
+
+The launcher gets an `ml_collections.ConfigDict`; nothing inside jit ever reads it. Instead the
+model and the deciders read the frozen dataclasses built here once, after `validate` has checked
+every field and stopped with one line naming the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import ml_collections
+
+POSITIONS = ('rope', 'learned', 'sinusoidal', 'none')
+INJECTIONS = ('none', 'add')
+MODEL_KINDS = ('recurrent', 'standard')
+DTYPES = ('float32', 'bfloat16')
+INFERENCE_RULES = ('median', 'mode', 'threshold', 'sample')
+KL_DIRECTIONS = ('prior_q', 'q_prior')
+EVAL_SOURCES = ('stream', 'tfds')
+
+
+class ConfigError(ValueError):
+  """An invalid config value; the message names the field and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of the recurrent Transformer (DESIGN §2)."""
+
+  vocab_size: int
+  width: int = 64
+  num_heads: int = 4
+  mlp_ratio: int = 4
+  prelude_layers: int = 1
+  core_layers: int = 1  # layers inside the shared recurrent block
+  coda_layers: int = 1
+  max_depth: int = 6  # D: most iterations of the core any token may run
+  kind: str = 'recurrent'  # 'recurrent' (shared core) or 'standard' (D unshared cores)
+  position: str = 'rope'
+  max_len: int = 512  # table size for learned positions
+  injection: str = 'add'  # how the prelude output h0 re-enters every iteration
+  iteration_embedding: bool = False  # learned embedding of the iteration index, added per step
+  dtype: str = 'float32'  # compute dtype of matmuls; norms, softmax and halting stay float32
+  remat: bool = False  # rematerialise each iteration in the backward pass
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class DeciderConfig:
+  """Which compute-allocation decider and its hyper-parameters (DESIGN §3)."""
+
+  name: str = 'fixed'
+  gamma: float = 0.01  # weight of KL(q ‖ p_b) for early/online
+  prior_base: float = 1.0  # b in p_b(d) ∝ b^-d; 1 = uniform prior, no depth penalty
+  gumbel_temperature: float = 1.0  # early: temperature of the Gumbel-softmax
+  rule: str = 'median'  # online/ponder inference: 'median', 'mode', 'threshold', 'sample'
+  threshold: float = 0.5  # halting CDF level for rule='threshold'
+  head_hidden: int = 16  # hidden width of the decision head MLP
+  init_depth_bias: float = 3.0  # deep start: initial logit margin favouring deep computation
+  act_epsilon: float = 0.01
+  act_penalty: float = 0.001  # τ, weight of ACT's ponder cost N + R
+  ponder_beta: float = 0.01
+  ponder_lambda: float = 0.2  # λ_p of PonderNet's geometric prior
+  ponder_kl: str = 'prior_q'  # 'prior_q': KL(prior ‖ q) (common reimplementations), 'q_prior'
+  oracle_max_complexity: float = 0.0  # complexity mapped to depth D; 0 = from training sizes
+
+
+def _choice(path: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ConfigError(f'config.{path}={value!r} is not allowed; choose one of {list(allowed)}')
+
+
+def _positive(path: str, value, *, allow_zero: bool = False) -> None:
+  ok = value >= 0 if allow_zero else value > 0
+  if not isinstance(value, (int, float)) or not ok or (isinstance(value, float) and
+                                                        not math.isfinite(value)):
+    bound = '>= 0' if allow_zero else '> 0'
+    raise ConfigError(f'config.{path}={value!r} must be a finite number {bound}')
+
+
+def parse_sizes(spec: str | int | tuple, path: str = 'sizes') -> tuple[int, ...]:
+  """'1-12,15' -> (1, ..., 12, 15). Also accepts an int or a tuple of ints."""
+  if isinstance(spec, int):
+    return (spec,)
+  if isinstance(spec, (tuple, list)):
+    return tuple(int(s) for s in spec)
+  sizes: list[int] = []
+  for part in str(spec).replace(' ', '').split(','):
+    if not part:
+      continue
+    match = re.fullmatch(r'(\d+)(?:-(\d+))?', part)
+    if not match:
+      raise ConfigError(f'config.{path}={spec!r}: expected sizes like "1-12,15"')
+    lo, hi = int(match[1]), int(match[2] or match[1])
+    if hi < lo:
+      raise ConfigError(f'config.{path}={spec!r}: range {part} is empty (end before start)')
+    sizes.extend(range(lo, hi + 1))
+  if not sizes:
+    raise ConfigError(f'config.{path}={spec!r} names no sizes')
+  return tuple(sorted(set(sizes)))
+
+
+def train_sizes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Training sizes: the training range minus the held-out sizes inside it."""
+  held_out = set(parse_sizes(config.task.holdout_sizes, 'task.holdout_sizes')
+                 if config.task.holdout_sizes else ())
+  sizes = tuple(s for s in parse_sizes(config.task.train_sizes, 'task.train_sizes')
+                if s not in held_out)
+  if not sizes:
+    raise ConfigError('config.task.holdout_sizes removes every training size')
+  return sizes
+
+
+def eval_splits(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
+  return {name: parse_sizes(spec, f'eval.splits.{name}')
+          for name, spec in config.eval.splits.items()}
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
+  return ModelConfig(vocab_size=vocab_size, **config.model.to_dict())
+
+
+def decider_config(config: ml_collections.ConfigDict) -> DeciderConfig:
+  """The decider's settings; the oracle's c_max defaults to the largest training size."""
+  cfg = DeciderConfig(**config.decider.to_dict())
+  if not cfg.oracle_max_complexity:
+    cfg = dataclasses.replace(cfg, oracle_max_complexity=float(max(train_sizes(config))))
+  return cfg
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every field a run depends on; raises ConfigError naming the first bad one."""
+  # Imported here: the registries import model code, which needs nothing from this check.
+  import tasks
+  from anira_jax import deciders
+
+  _choice('task.name', config.task.name, sorted(tasks.TASKS))
+  try:
+    task = tasks.make(config.task.name, **config.task.options.to_dict())
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'config.task.options are invalid for task {config.task.name!r}: {e}')
+  lo, hi = task.valid_sizes()
+  sizes = {'task.train_sizes': train_sizes(config)}
+  sizes.update({f'eval.splits.{k}': v for k, v in eval_splits(config).items()})
+  for path, values in sizes.items():
+    bad = [s for s in values if not lo <= s <= hi]
+    if bad:
+      raise ConfigError(f'config.{path} has sizes {bad} outside what task '
+                        f'{config.task.name!r} generates ({lo}..{hi})')
+  if not config.eval.splits:
+    raise ConfigError('config.eval.splits is empty; name at least one split, e.g. {"test": "1-8"}')
+
+  m = config.model
+  _choice('model.kind', m.kind, MODEL_KINDS)
+  _choice('model.position', m.position, POSITIONS)
+  _choice('model.injection', m.injection, INJECTIONS)
+  _choice('model.dtype', m.dtype, DTYPES)
+  for field in ('width', 'num_heads', 'mlp_ratio', 'core_layers', 'max_depth', 'max_len'):
+    if not isinstance(m[field], int) or m[field] < 1:
+      raise ConfigError(f'config.model.{field}={m[field]!r} must be an integer >= 1')
+  for field in ('prelude_layers', 'coda_layers'):
+    if not isinstance(m[field], int) or m[field] < 0:
+      raise ConfigError(f'config.model.{field}={m[field]!r} must be an integer >= 0')
+  if m.width % m.num_heads or (m.width // m.num_heads) % 2:
+    raise ConfigError(f'config.model.width={m.width} must be a multiple of 2 * num_heads '
+                      f'(num_heads={m.num_heads}) so every head has an even size')
+  longest = max(task.seq_len(max(v)) for v in sizes.values())
+  if m.position == 'learned' and longest > m.max_len:
+    raise ConfigError(f'config.model.max_len={m.max_len} is shorter than the longest sequence '
+                      f'({longest}); raise it or use position="rope"')
+
+  d = config.decider
+  _choice('decider.name', d.name, sorted(deciders.DECIDERS))
+  _choice('decider.rule', d.rule, INFERENCE_RULES)
+  _choice('decider.ponder_kl', d.ponder_kl, KL_DIRECTIONS)
+  if m.kind == 'standard' and d.name != 'fixed':
+    raise ConfigError(f'config.model.kind="standard" (unshared layers) runs every layer: it needs '
+                      f'decider.name="fixed", not {d.name!r}')
+  for field in ('gamma', 'act_penalty', 'ponder_beta', 'oracle_max_complexity'):
+    _positive(f'decider.{field}', d[field], allow_zero=True)
+  for field in ('gumbel_temperature', 'prior_base'):
+    _positive(f'decider.{field}', d[field])
+  if not 0 < d.threshold < 1:
+    raise ConfigError(f'config.decider.threshold={d.threshold} must lie in (0, 1)')
+  if not 0 < d.act_epsilon < 1:
+    raise ConfigError(f'config.decider.act_epsilon={d.act_epsilon} must lie in (0, 1)')
+  if not 0 < d.ponder_lambda < 1:
+    raise ConfigError(f'config.decider.ponder_lambda={d.ponder_lambda} must lie in (0, 1)')
+
+  t = config.train
+  for field in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
+    if not isinstance(t[field], int) or t[field] < 1:
+      raise ConfigError(f'config.train.{field}={t[field]!r} must be an integer >= 1')
+  _positive('train.learning_rate', t.learning_rate)
+  _positive('train.warmup_steps', t.warmup_steps, allow_zero=True)
+  _positive('train.weight_decay', t.weight_decay, allow_zero=True)
+  _positive('train.grad_clip', t.grad_clip)
+  if t.warmup_steps >= t.steps:
+    raise ConfigError(f'config.train.warmup_steps={t.warmup_steps} must be below '
+                      f'train.steps={t.steps}')
+
+  e = config.eval
+  _choice('eval.source', e.source, EVAL_SOURCES)
+  for field in ('batch_size', 'num_batches', 'every_steps'):
+    if not isinstance(e[field], int) or e[field] < 1:
+      raise ConfigError(f'config.eval.{field}={e[field]!r} must be an integer >= 1')
+  if e.max_depth and e.max_depth < 1:
+    raise ConfigError(f'config.eval.max_depth={e.max_depth} must be >= 1 (or 0: the trained D)')

@@ -1,0 +1,149 @@
+"""The decider interface: how a token's number of core iterations is chosen (DESIGN §3).
+
+A decider is a set of pure functions that the recurrence (`anira_jax.recurrence`) calls around
+every iteration of the core, whichever way the iterations are executed (static unroll, while
+loop, compacted):
+
+    state = start(params, h0, ctx)                  # before iteration 1
+    for t in 1..T:
+      m = runs(state, t)                            # [B, L]: does the token run iteration t?
+      h = where(m, core(h), h)                      # the recurrence freezes the others
+      state = observe(params, state, h, t)          # after iteration t (online heads look here)
+    decision = finish(params, state, h, t_end, depth)
+
+`runs` returns a float mask whose forward value is exactly 0 or 1; a decider that learns through
+a straight-through estimator gives it a gradient (value = hard + soft - stop_gradient(soft)), and
+the recurrence turns that into h = h + m * (core(h) - h) in the backward pass. The same functions
+in the same order are what makes training, the inference loop and compaction agree.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from anira_jax.config import DeciderConfig, ModelConfig
+
+State = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """What a decider may know about the batch besides h0."""
+
+  train: bool
+  key: jax.Array | None  # randomness for training-time sampling (and rule='sample')
+  complexity_BxL: jax.Array | None  # task annotation; only the oracle may read it
+  max_depth: int  # T at run time: the trained D, or a raised one at evaluation
+
+
+class Decision(NamedTuple):
+  """What a decider reports once the recurrence has ended."""
+
+  q_BxLxT: jax.Array  # float32 distribution over depths 1..T (sums to 1 per token)
+  head_calls_BxL: jax.Array  # int32 decision-head calls made per token
+  readout_BxLxD: jax.Array | None  # a state to read out instead of the exit state (ACT)
+
+
+class Decider(abc.ABC):
+  """Base class; subclasses set `name` and implement the four steps above."""
+
+  name: ClassVar[str]
+  reads_complexity: ClassVar[bool] = False  # only the oracle
+  step_loss: ClassVar[bool] = False  # train on the q-weighted loss of every iteration (PonderNet)
+
+  def __init__(self, cfg: DeciderConfig, model: ModelConfig):
+    self.cfg = cfg
+    self.model = model
+
+  def init(self, key: jax.Array) -> dict:
+    """Parameters of the decision head ({} when there is none)."""
+    del key
+    return {}
+
+  @abc.abstractmethod
+  def start(self, params: dict, h0_BxLxD: jax.Array, ctx: Context) -> State:
+    ...
+
+  @abc.abstractmethod
+  def runs(self, state: State, t: jax.Array) -> jax.Array:
+    """float32 [B, L], forward value 0 or 1: whether each token runs iteration t (1-based)."""
+
+  def observe(self, params: dict, state: State, h_BxLxD: jax.Array, t: jax.Array) -> State:
+    del params, h_BxLxD, t
+    return state
+
+  @abc.abstractmethod
+  def finish(self, params: dict, state: State, h_BxLxD: jax.Array, t_end: jax.Array,
+             depth_BxL: jax.Array) -> Decision:
+    """Called after the last iteration run (t_end); `h` is every token's final state."""
+
+  def regularizer(self, decision: Decision, depth_BxL: jax.Array,
+                  weight_BxL: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The decider's term of the training loss, averaged with `weight` over tokens."""
+    del decision, depth_BxL, weight_BxL
+    return jnp.zeros((), jnp.float32), {}
+
+
+class Head(nn.Module):
+  """The small decision MLP: norm -> dense -> gelu -> dense, run in float32."""
+
+  hidden: int
+  outputs: int
+  bias: jax.Array | float = 0.0  # initial output bias: how deep the untrained decider runs
+
+  @nn.compact
+  def __call__(self, h_BxLxD: jax.Array) -> jax.Array:
+    x = nn.RMSNorm(dtype=jnp.float32)(h_BxLxD.astype(jnp.float32))
+    x = nn.gelu(nn.Dense(self.hidden, dtype=jnp.float32)(x))
+    bias = jnp.broadcast_to(jnp.asarray(self.bias, jnp.float32), (self.outputs,))
+    return nn.Dense(self.outputs, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
+                    bias_init=lambda *_: bias)(x)
+
+
+def weighted_mean(x: jax.Array, weight: jax.Array) -> jax.Array:
+  return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def at_step(x_BxLxT: jax.Array, t: jax.Array) -> jax.Array:
+  """x[..., t-1] for a (possibly traced) 1-based step t."""
+  return jax.lax.dynamic_index_in_dim(x_BxLxT, t - 1, axis=-1, keepdims=False)
+
+
+def set_step(x_BxLxT: jax.Array, t: jax.Array, value_BxL: jax.Array) -> jax.Array:
+  return jax.lax.dynamic_update_index_in_dim(x_BxLxT, value_BxL.astype(x_BxLxT.dtype), t - 1, -1)
+
+
+def halting_distribution(lam_BxLxT: jax.Array) -> jax.Array:
+  """q(t) = λ_t ∏_{s<t}(1 − λ_s) with λ_T ≡ 1, so q sums to one over 1..T."""
+  lam_BxLxT = lam_BxLxT.at[..., -1].set(1.0)
+  survive_BxLxT = jnp.cumprod(1.0 - lam_BxLxT, axis=-1)
+  before_BxLxT = jnp.concatenate([jnp.ones_like(survive_BxLxT[..., :1]),
+                                  survive_BxLxT[..., :-1]], axis=-1)
+  return lam_BxLxT * before_BxLxT
+
+
+def log_geometric_prior(base: float, max_depth: int) -> jax.Array:
+  """log p_b(d) for d = 1..T, with p_b(d) ∝ b^-d normalised on 1..T."""
+  logits_T = -jnp.arange(1, max_depth + 1, dtype=jnp.float32) * jnp.log(jnp.float32(base))
+  return jax.nn.log_softmax(logits_T)
+
+
+def kl(p_BxLxT: jax.Array, log_r_T: jax.Array) -> jax.Array:
+  """KL(p ‖ r) per token, with 0 log 0 = 0."""
+  return jnp.sum(jax.scipy.special.xlogy(p_BxLxT, p_BxLxT) - p_BxLxT * log_r_T, axis=-1)
+
+
+def one_hot_depth(depth_BxL: jax.Array, max_depth: int) -> jax.Array:
+  return jax.nn.one_hot(depth_BxL - 1, max_depth, dtype=jnp.float32)
+
+
+def depth_distribution_metrics(decision: Decision, depth_BxL: jax.Array,
+                               weight_BxL: jax.Array) -> dict[str, jax.Array]:
+  expected_BxL = jnp.sum(decision.q_BxLxT * jnp.arange(1, decision.q_BxLxT.shape[-1] + 1), -1)
+  return {'expected_depth': weighted_mean(expected_BxL, weight_BxL)}

@@ -1,0 +1,39 @@
+"""PonderNet (Banino et al. 2021), for comparison.
+
+The halting head and q are ANIRA-O's. Training runs every token through all T iterations and
+minimises the q-weighted loss of the readout after each iteration, Σ_t q(t) L(y, ŷ_t) (the
+recurrence collects every iteration's state for it), plus β · KL against a truncated geometric
+prior with parameter λ_p. The paper writes KL(q ‖ p_G); common reimplementations compute
+KL(p_G ‖ q) — `decider.ponder_kl` chooses ('prior_q' default). Inference halts per token with
+the online rules, so unlike training it freezes halted tokens: PonderNet's training does not
+model the early exit it is evaluated with.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from anira_jax.deciders import base, online
+
+
+def geometric_prior(lambda_p: float, max_depth: int) -> jax.Array:
+  """p_G(t) = λ_p (1 − λ_p)^{t−1}, renormalised on 1..T."""
+  t_T = jnp.arange(max_depth, dtype=jnp.float32)
+  p_T = lambda_p * (1.0 - lambda_p) ** t_T
+  return p_T / jnp.sum(p_T)
+
+
+class Ponder(online.Online):
+  name = 'ponder'
+  step_loss = True
+
+  def regularizer(self, decision, depth_BxL, weight_BxL):
+    prior_T = geometric_prior(self.cfg.ponder_lambda, decision.q_BxLxT.shape[-1])
+    if self.cfg.ponder_kl == 'prior_q':
+      log_q = jnp.log(jnp.maximum(decision.q_BxLxT, 1e-30))
+      kl_BxL = jnp.sum(prior_T * (jnp.log(prior_T) - log_q), -1)
+    else:
+      kl_BxL = base.kl(decision.q_BxLxT, jnp.log(prior_T))
+    kl = base.weighted_mean(kl_BxL, weight_BxL)
+    return self.cfg.ponder_beta * kl, {'kl': kl}

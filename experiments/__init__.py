@@ -1,0 +1,1 @@
+"""Experiment configs: one file per study, shared defaults in `common`."""

@@ -1,0 +1,36 @@
+"""Running parity with ANIRA — the main job.
+
+    python launch.py --config=experiments/parity.py
+    python launch.py --config=experiments/parity.py:decider=online
+    python launch.py --config=experiments/parity.py:quick --workdir=/tmp/parity
+
+Trains on bit strings of length 1-8 and evaluates in distribution and on longer strings (9-12,
+never seen). Variants: `decider=NAME` (any registered decider), `quick` (a few steps, for smoke
+tests), `ponder` (PonderNet's sparse ±1 layout: 96 entries, train 1-48 non-zero, test 49-96).
+"""
+
+from experiments import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, decider='early', quick=False, ponder=False)
+  config = common.base_config()
+  config.decider.name = args.decider
+
+  config.task.name = 'parity'
+  config.task.train_sizes = '1-8'
+  config.eval.splits = {'in_distribution': '1-8', 'longer': '9-12'}
+  if args.ponder:
+    config.task.options = {'layout': 'ponder'}
+    config.task.train_sizes = '1-48'
+    config.eval.splits = {'in_distribution': '1-48', 'longer': '49-96'}
+
+  if args.quick:
+    config.train.steps = 20
+    config.train.warmup_steps = 2
+    config.train.log_every = 5
+    config.train.checkpoint_every = 10
+    config.eval.every_steps = 10
+    config.eval.num_batches = 1
+    config.eval.batch_size = 32
+  return config

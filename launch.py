@@ -1,0 +1,44 @@
+"""Trains and evaluates one experiment: `python launch.py --config=experiments/parity.py`."""
+
+import pathlib
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from anira_jax.config import ConfigError
+from anira_jax.training import checkpoint, loop
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, optionally with a variant: FILE.py:ARG.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Run directory (checkpoints, metrics, results). Default: '
+    'workdirs/<config name>[_<variant>] under the current directory.')
+
+
+def default_workdir(config_arg: str) -> pathlib.Path:
+  path, _, variant = config_arg.partition(':')
+  name = pathlib.Path(path).stem + (f'_{variant.replace("=", "-").replace(",", "_")}'
+                                    if variant else '')
+  return pathlib.Path('workdirs') / name
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; -v 0 shows it all
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].serialize().split('=', 1)[1])
+  logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
+               jax.devices())
+  try:
+    loop.train_and_evaluate(_CONFIG.value, workdir)
+  except (ConfigError, checkpoint.CheckpointError, loop.NonFiniteLossError) as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
