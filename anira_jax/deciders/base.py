@@ -102,7 +102,7 @@ class Head(nn.Module):
     x = nn.RMSNorm(dtype=jnp.float32)(h_BxLxD.astype(jnp.float32))
     x = nn.gelu(nn.Dense(self.hidden, dtype=jnp.float32)(x))
     bias = jnp.broadcast_to(jnp.asarray(self.bias, jnp.float32), (self.outputs,))
-    return nn.Dense(self.outputs, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
+    return nn.Dense(self.outputs, dtype=jnp.float32, kernel_init=nn.initializers.normal(0.02),
                     bias_init=lambda *_: bias)(x)
 
 
@@ -136,14 +136,15 @@ def log_geometric_prior(base: float, max_depth: int) -> jax.Array:
 
 def kl(p_BxLxT: jax.Array, log_r_T: jax.Array) -> jax.Array:
   """KL(p ‖ r) per token, with 0 log 0 = 0."""
-  return jnp.sum(jax.scipy.special.xlogy(p_BxLxT, p_BxLxT) - p_BxLxT * log_r_T, axis=-1)
+  return jnp.sum(jax.scipy.special.xlogy(p_BxLxT, p_BxLxT) - p_BxLxT * log_r_T[None, None],
+                 axis=-1)
 
 
 def one_hot_depth(depth_BxL: jax.Array, max_depth: int) -> jax.Array:
   return jax.nn.one_hot(depth_BxL - 1, max_depth, dtype=jnp.float32)
 
 
-def depth_distribution_metrics(decision: Decision, depth_BxL: jax.Array,
-                               weight_BxL: jax.Array) -> dict[str, jax.Array]:
-  expected_BxL = jnp.sum(decision.q_BxLxT * jnp.arange(1, decision.q_BxLxT.shape[-1] + 1), -1)
-  return {'expected_depth': weighted_mean(expected_BxL, weight_BxL)}
+def expected_depth(q_BxLxT: jax.Array) -> jax.Array:
+  """E_q[d] per token."""
+  depths_11T = jnp.arange(1, q_BxLxT.shape[-1] + 1, dtype=jnp.float32)[None, None]
+  return jnp.sum(q_BxLxT * depths_11T, -1)

@@ -32,7 +32,8 @@ class Ponder(online.Online):
     prior_T = geometric_prior(self.cfg.ponder_lambda, decision.q_BxLxT.shape[-1])
     if self.cfg.ponder_kl == 'prior_q':
       log_q = jnp.log(jnp.maximum(decision.q_BxLxT, 1e-30))
-      kl_BxL = jnp.sum(prior_T * (jnp.log(prior_T) - log_q), -1)
+      prior_11T = prior_T[None, None]
+      kl_BxL = jnp.sum(prior_11T * (jnp.log(prior_11T) - log_q), -1)
     else:
       kl_BxL = base.kl(decision.q_BxLxT, jnp.log(prior_T))
     kl = base.weighted_mean(kl_BxL, weight_BxL)

@@ -19,7 +19,7 @@ def rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, base: float = 10_000.0) -
   half = x_BxLxHxK.shape[-1] // 2
   freq_K = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angle_LxK = positions_L.astype(jnp.float32)[:, None] * freq_K[None, :]
-  sin, cos = jnp.sin(angle_LxK)[:, None, :], jnp.cos(angle_LxK)[:, None, :]
+  sin, cos = jnp.sin(angle_LxK)[None, :, None, :], jnp.cos(angle_LxK)[None, :, None, :]
   x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxLxHxK.dtype)

@@ -58,9 +58,9 @@ class Network:
     positions_L = jnp.arange(tokens_BxL.shape[1])
     x_BxLxD = self._embed.apply({'params': params['embed']}, tokens_BxL)
     if self.cfg.position == 'learned':
-      x_BxLxD = x_BxLxD + params['positions'][positions_L]
+      x_BxLxD = x_BxLxD + params['positions'][positions_L][None]
     elif self.cfg.position == 'sinusoidal':
-      x_BxLxD = x_BxLxD + layers.sinusoidal(positions_L, self.cfg.width)
+      x_BxLxD = x_BxLxD + layers.sinusoidal(positions_L, self.cfg.width)[None]
     return self._prelude.apply({'params': params['prelude']}, x_BxLxD, positions_L)
 
   def core(self, params: dict, h_BxLxD: jax.Array, h0_BxLxD: jax.Array,
@@ -74,7 +74,7 @@ class Network:
     x_BxLxD = h_BxLxD + h0_BxLxD if self.cfg.injection == 'add' else h_BxLxD
     if self.cfg.iteration_embedding:
       # Clipped so that evaluating with a raised max_depth reuses the last trained embedding.
-      x_BxLxD = x_BxLxD + params['iteration'][jnp.minimum(t, self.cfg.max_depth) - 1]
+      x_BxLxD = x_BxLxD + params['iteration'][None, None, jnp.minimum(t, self.cfg.max_depth) - 1]
     core = params['core']
     if self.cfg.kind == 'standard':
       core = jax.tree.map(lambda p: p[t - 1], core)

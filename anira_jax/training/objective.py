@@ -27,7 +27,7 @@ def batch_metrics(out: Output, batch: dict, max_depth: int) -> dict[str, jax.Arr
   correct_BxL = (jnp.argmax(out.logits_BxLxV, -1) == batch['targets']).astype(jnp.float32)
   depth_BxL = out.trajectory.depth_BxL.astype(jnp.float32)
   q_BxLxT = out.trajectory.decision.q_BxLxT
-  expected_BxL = jnp.sum(q_BxLxT * jnp.arange(1, q_BxLxT.shape[-1] + 1), -1)
+  expected_BxL = base.expected_depth(q_BxLxT)
   wrong_answers_B = jnp.sum(answer_BxL * (1 - correct_BxL), -1)
   has_answer_B = jnp.sum(answer_BxL, -1) > 0
   return {

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from anira_jax.anira import Anira
+from anira_jax.deciders import base
 from anira_jax.training import objective
 from anira_jax.training.state import TrainState
 
@@ -40,7 +41,7 @@ def eval_step(params: dict, batch: dict, *, anira: Anira, max_depth: int | None 
   return {
       'correct': jnp.argmax(out.logits_BxLxV, -1) == batch['targets'],
       'depth': out.trajectory.depth_BxL,
-      'expected_depth': jnp.sum(q_BxLxT * jnp.arange(1, q_BxLxT.shape[-1] + 1), -1),
+      'expected_depth': base.expected_depth(q_BxLxT),
       'head_calls': out.trajectory.decision.head_calls_BxL,
       'iterations': out.trajectory.iterations,
   }
