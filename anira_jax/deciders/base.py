@@ -12,7 +12,7 @@ loop, compacted):
     decision = finish(params, state, h, t_end, depth)
 
 `runs` returns a float mask whose forward value is exactly 0 or 1; a decider that learns through
-a straight-through estimator gives it a gradient (value = hard + soft - stop_gradient(soft)), and
+a straight-through estimator gives it a gradient (value = hard + (soft - stop_gradient(soft)), parenthesised so the forward value is exact), and
 the recurrence turns that into h = h + m * (core(h) - h) in the backward pass. The same functions
 in the same order are what makes training, the inference loop and compaction agree.
 """

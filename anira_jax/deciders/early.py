@@ -39,7 +39,7 @@ class Early(scheduled.Scheduled):
       gumbel = jax.random.gumbel(ctx.key, logits_BxLxD.shape, jnp.float32)
       soft = jax.nn.softmax((logits_BxLxD + gumbel) / self.cfg.gumbel_temperature)
       hard = jax.nn.one_hot(jnp.argmax(soft, -1), soft.shape[-1], dtype=jnp.float32)
-      y_BxLxD = hard + soft - jax.lax.stop_gradient(soft)
+      y_BxLxD = hard + (soft - jax.lax.stop_gradient(soft))  # forward: exactly `hard`
     else:
       y_BxLxD = jax.nn.one_hot(jnp.argmax(logits_BxLxD, -1), logits_BxLxD.shape[-1])
     return {'cont': scheduled.continue_mask(jnp.pad(y_BxLxD, pad)), 'q': q_BxLxT}

@@ -60,7 +60,8 @@ class Online(base.Decider):
 
   def runs(self, state, t):
     survival = state['survival']
-    return (~state['halted']).astype(jnp.float32) + survival - jax.lax.stop_gradient(survival)
+    # Parenthesised so the forward value is exactly 0 or 1.
+    return (~state['halted']).astype(jnp.float32) + (survival - jax.lax.stop_gradient(survival))
 
   def observe(self, params, state, h_BxLxD, t):
     max_depth = state['lam'].shape[-1]

@@ -22,7 +22,7 @@ def train_step(state: TrainState, batch: dict, *, anira: Anira, tx: optax.Gradie
   grad_fn = jax.value_and_grad(functools.partial(objective.loss_and_metrics, anira),
                                has_aux=True)
   (loss, metrics), grads = grad_fn(state.params, batch, step_key)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)

@@ -1,0 +1,93 @@
+"""Config validation: every bad value stops at start-up with one line naming field and fix."""
+
+import subprocess
+import sys
+
+import pytest
+
+from anira_jax import config as config_lib
+from experiments import common, parity
+
+
+def _config(**overrides):
+  config = parity.get_config()
+  for path, value in overrides.items():
+    *parents, leaf = path.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize('path,value,match', [
+    ('task.name', 'sudoku', r"config.task.name='sudoku' is not allowed; choose one of \["),
+    ('model.kind', 'mixture', r"config.model.kind='mixture'.*'recurrent', 'standard'"),
+    ('model.position', 'alibi', r"config.model.position='alibi'.*'rope'"),
+    ('model.max_depth', 0, r'config.model.max_depth=0 must be an integer >= 1'),
+    ('model.width', 30, r'config.model.width=30 must be a multiple of 2 \* num_heads'),
+    ('decider.name', 'sometimes', r"config.decider.name='sometimes' is not allowed"),
+    ('decider.rule', 'vote', r"config.decider.rule='vote'"),
+    ('decider.threshold', 1.5, r'config.decider.threshold=1.5 must lie in \(0, 1\)'),
+    ('decider.gamma', -1.0, r'config.decider.gamma=-1.0 must be a finite number >= 0'),
+    ('decider.prior_base', 0.0, r'config.decider.prior_base=0.0 must be a finite number > 0'),
+    ('train.learning_rate', -0.1, r'config.train.learning_rate=-0.1 must be a finite number > 0'),
+    ('train.steps', 0, r'config.train.steps=0 must be an integer >= 1'),
+    ('train.warmup_steps', 5000, r'config.train.warmup_steps=5000 must be below'),
+    ('task.train_sizes', '8-1', r"config.task.train_sizes='8-1': range 8-1 is empty"),
+    ('task.train_sizes', 'many', r"config.task.train_sizes='many': expected sizes like"),
+    ('task.holdout_sizes', '1-8', r'removes every training size'),
+    ('eval.splits', {'bad': '0-3'}, r'config.eval.splits.bad has sizes \[0\] outside'),
+    ('eval.source', 'disk', r"config.eval.source='disk'"),
+])
+def test_invalid_value_names_field_and_allowed_values(path, value, match):
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(_config(**{path: value}))
+
+
+def test_standard_model_needs_fixed_decider():
+  with pytest.raises(config_lib.ConfigError, match='needs decider.name="fixed"'):
+    config_lib.validate(_config(**{'model.kind': 'standard', 'decider.name': 'early'}))
+  config_lib.validate(_config(**{'model.kind': 'standard', 'decider.name': 'fixed'}))
+
+
+def test_learned_positions_must_cover_the_longest_sequence():
+  with pytest.raises(config_lib.ConfigError, match='max_len=10 is shorter than the longest'):
+    config_lib.validate(_config(**{'model.position': 'learned', 'model.max_len': 10}))
+
+
+def test_bad_task_options():
+  with pytest.raises(config_lib.ConfigError, match="options are invalid for task 'parity'"):
+    config_lib.validate(_config(**{'task.options': {'layout': 'diagonal'}}))
+
+
+def test_valid_configs_pass_for_every_decider_and_variant():
+  for decider in ('fixed', 'early', 'online', 'act', 'ponder', 'oracle'):
+    config_lib.validate(parity.get_config(f'decider={decider}'))
+  config_lib.validate(parity.get_config('ponder,quick'))
+
+
+def test_sizes_and_holdouts():
+  assert config_lib.parse_sizes('1-3,7') == (1, 2, 3, 7)
+  config = _config(**{'task.train_sizes': '1-6', 'task.holdout_sizes': '3,5'})
+  assert config_lib.train_sizes(config) == (1, 2, 4, 6)
+
+
+def test_parse_arg_types_and_unknown_keys():
+  args = common.parse_arg('decider=online,quick', decider='early', quick=False, n=1)
+  assert args.decider == 'online' and args.quick is True and args.n == 1
+  with pytest.raises(ValueError, match="unknown config argument 'colour'"):
+    common.parse_arg('colour=red', decider='early')
+  with pytest.raises(ValueError, match='needs a value'):
+    common.parse_arg('decider', decider='early')
+
+
+def test_launcher_prints_one_clear_line_not_a_traceback(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'launch.py', '--config=experiments/parity.py',
+       '--config.model.max_depth=0', f'--workdir={tmp_path}'],
+      capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      'error: config.model.max_depth=0 must be an integer >= 1')

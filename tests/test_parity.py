@@ -1,0 +1,63 @@
+"""The parity stream: labels by brute force, determinism, hosts, layouts."""
+
+import numpy as np
+import pytest
+
+import tasks
+
+ZERO, ONE, MINUS_ONE = 1, 2, 3
+
+
+def test_prefix_labels_and_annotations_by_brute_force():
+  task = tasks.make('parity')
+  rng = np.random.default_rng(0)
+  for size in range(1, 20):
+    ex = task.sample(rng, size)
+    bits = [1 if t == ONE else 0 for t in ex.tokens]
+    assert set(ex.tokens.tolist()) <= {ZERO, ONE} and len(bits) == size
+    for i in range(size):
+      assert ex.targets[i] == (ONE if sum(bits[:i + 1]) % 2 else ZERO)
+      assert ex.complexity[i] == ex.features['ones_so_far'][i] == sum(bits[:i + 1])
+      assert ex.features['position'][i] == i + 1
+    assert ex.loss_mask.all()
+
+
+def test_ponder_layout_by_brute_force():
+  task = tasks.make('parity', layout='ponder')
+  rng = np.random.default_rng(1)
+  for size in (1, 17, 48, 96):
+    ex = task.sample(rng, size)
+    assert len(ex.tokens) == 96 and np.sum(ex.tokens != ZERO) == size
+    assert ex.loss_mask.tolist() == [False] * 95 + [True]
+    assert ex.targets[-1] == (ONE if np.sum(ex.tokens == ONE) % 2 else ZERO)
+
+
+def test_stream_is_deterministic_by_seed_step_and_host():
+  task = tasks.make('parity')
+  stream = lambda **kw: tasks.Stream(task, sizes=(3, 4, 5), batch_size=16, **kw)
+  a, b = stream(seed=0).batch(7), stream(seed=0).batch(7)
+  for key in ('tokens', 'targets', 'loss_mask', 'complexity', 'size'):
+    np.testing.assert_array_equal(a[key], b[key])
+  assert not np.array_equal(a['tokens'], stream(seed=1).batch(7)['tokens'])
+  assert not np.array_equal(a['tokens'], stream(seed=0).batch(8)['tokens'])
+  host0 = stream(seed=0, host_index=0, host_count=2).batch(7)
+  host1 = stream(seed=0, host_index=1, host_count=2).batch(7)
+  assert not np.array_equal(host0['tokens'], host1['tokens'])
+
+
+def test_stream_only_uses_its_sizes_and_pads_right():
+  batch = tasks.Stream(tasks.make('parity'), sizes=(2, 5), batch_size=64, seed=3).batch(0)
+  assert set(batch['size'].tolist()) == {2, 5}
+  lengths = (batch['tokens'] != 0).sum(-1)
+  np.testing.assert_array_equal(lengths, batch['size'])
+  assert batch['tokens'].shape == (64, 5)
+  assert not batch['loss_mask'][batch['tokens'] == 0].any()
+
+
+def test_bad_inputs():
+  with pytest.raises(ValueError, match='unknown task'):
+    tasks.make('sudoku')
+  with pytest.raises(ValueError, match="layout must be 'prefix' or 'ponder'"):
+    tasks.make('parity', layout='diagonal')
+  with pytest.raises(ValueError, match='cannot generate sizes'):
+    tasks.Stream(tasks.make('parity', layout='ponder'), sizes=(97,), batch_size=1, seed=0)

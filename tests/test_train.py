@@ -1,0 +1,158 @@
+"""End to end: training learns, writes results, resumes after a kill, and fails clearly."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anira_jax.training import checkpoint, loop
+from anira_jax.training import state as state_lib
+from anira_jax.training import step as step_lib
+from experiments import parity
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def small_config(**train):
+  config = parity.get_config()
+  config.model.width = 32
+  config.model.num_heads = 2
+  config.task.train_sizes = '1-4'
+  config.eval.splits = {'in_distribution': '1-4', 'longer': '5-6'}
+  config.eval.batch_size = 32
+  config.eval.num_batches = 1
+  config.eval.every_steps = 1000
+  config.train.batch_size = 32
+  config.train.warmup_steps = 10
+  config.train.learning_rate = 3e-3
+  config.train.log_every = 10
+  for k, v in train.items():
+    config.train[k] = v
+  return config
+
+
+def _losses(workdir) -> dict[int, float]:
+  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
+  return {r['step']: r['train/loss'] for r in map(json.loads, lines) if 'train/loss' in r}
+
+
+@pytest.mark.slow
+def test_short_run_learns_and_writes_results(tmp_path):
+  config = small_config(steps=200, checkpoint_every=100)
+  results = loop.train_and_evaluate(config, tmp_path)
+  losses = _losses(tmp_path)
+  assert losses[200] < 0.3 * losses[10], losses
+  assert results['splits']['in_distribution']['token_accuracy'] > 0.9
+  saved = json.loads((tmp_path / 'results.json').read_text())
+  assert set(saved['splits']) == {'in_distribution', 'longer'}
+  for key in ('token_accuracy', 'sequence_accuracy', 'mean_depth', 'depth_histogram',
+              'execution_cost', 'decision_cost', 'spearman_depth_complexity', 'per_size'):
+    assert key in saved['splits']['longer']
+  assert saved['splits']['longer']['sizes'] == [5, 6]
+  png = (tmp_path / 'accuracy_per_size.png').read_bytes()
+  assert png.startswith(b'\x89PNG') and len(png) > 5000
+  assert (tmp_path / 'config.json').exists()
+  assert list((tmp_path / 'tensorboard').iterdir())
+
+
+def _launch(workdir, *overrides):
+  return [sys.executable, 'launch.py', '--config=experiments/parity.py', f'--workdir={workdir}',
+          '--config.model.width=32', '--config.model.num_heads=2', '--config.train.batch_size=16',
+          '--config.eval.num_batches=1', '--config.eval.batch_size=16',
+          '--config.train.log_every=5', '--config.train.warmup_steps=5', *overrides]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_checkpoint_with_the_same_losses(tmp_path):
+  args = ['--config.train.steps=400', '--config.train.checkpoint_every=10']
+  killed = subprocess.Popen(_launch(tmp_path / 'killed', *args), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  ckpt = tmp_path / 'killed' / 'checkpoints' / '20'
+  deadline = time.time() + 240
+  while not ckpt.exists() and time.time() < deadline and killed.poll() is None:
+    time.sleep(0.2)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert ckpt.exists(), 'the run never wrote checkpoint 20'
+
+  # Resume with fewer total steps would change the schedule; same command, same total.
+  resumed = subprocess.run(_launch(tmp_path / 'killed', *args), cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  step = int(resumed.stdout.split('Resuming from checkpoint step ')[1].split()[0])
+  assert step >= 20
+
+  loop.train_and_evaluate(_config_from_args(args), tmp_path / 'straight')
+  after, straight = _losses(tmp_path / 'killed'), _losses(tmp_path / 'straight')
+  later = [s for s in straight if s > step]
+  assert later
+  np.testing.assert_allclose([after[s] for s in later], [straight[s] for s in later], rtol=1e-5)
+
+
+def _config_from_args(args):
+  config = parity.get_config()
+  for arg in _launch('unused', *args)[4:]:
+    path, value = arg.removeprefix('--config.').split('=')
+    *parents, leaf = path.split('.')
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(value)
+  return config
+
+
+def test_corrupt_checkpoint_gives_one_line_naming_the_path(tmp_path):
+  config = small_config(steps=4, checkpoint_every=2, log_every=2, warmup_steps=1)
+  loop.train_and_evaluate(config, tmp_path)
+  for f in (tmp_path / 'checkpoints' / '4' / 'state').rglob('*'):
+    if f.is_file():
+      f.write_bytes(b'not a checkpoint')
+  with pytest.raises(checkpoint.CheckpointError, match=r'cannot restore checkpoint step 4 from '
+                     rf'{tmp_path}/checkpoints.*delete that step directory'):
+    loop.train_and_evaluate(config, tmp_path)
+
+
+def test_non_finite_step_is_skipped_and_stops_the_run_keeping_params():
+  config = small_config(steps=10, warmup_steps=2)
+  task, anira = loop.build(config)
+  tx = state_lib.make_optimizer(config.train)
+  state = state_lib.create(anira, tx, jax.random.key(0))
+  batch = loop.evaluation.device_batch(
+      loop.tasks.Stream(task, (1, 2, 3), 8, seed=0).batch(0))
+  poisoned = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
+  new, metrics = step_lib.train_step(poisoned, batch, anira=anira, tx=tx, key=jax.random.key(1))
+  assert int(new.skipped_steps) == 1 and not np.isfinite(metrics['loss'])
+  chex.assert_trees_all_equal(new.params, poisoned.params)
+  with pytest.raises(loop.NonFiniteLossError, match='last good checkpoint \\(step 5\\) is kept'):
+    loop._check_finite(new, 5, '/tmp/run')
+
+
+def test_train_step_compiles_once_whatever_the_depths():
+  config = small_config(steps=10, warmup_steps=2)
+  config.decider.name = 'oracle'
+  task, anira = loop.build(config)
+  tx = state_lib.make_optimizer(config.train)
+  state = state_lib.create(anira, tx, jax.random.key(0))
+  key = jax.random.key(1)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step_fn(state, batch):
+    return step_lib.train_step(state, batch, anira=anira, tx=tx, key=key)
+
+  stream = loop.tasks.Stream(task, (1, 2, 3, 4), 8, seed=0)
+  depths = set()
+  for i in range(3):
+    batch = loop.evaluation.device_batch(stream.batch(i))
+    state, metrics = step_fn(state, batch)
+    depths.add(float(metrics['mean_depth']))
+  assert len(depths) > 1
