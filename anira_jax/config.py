@@ -212,3 +212,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'config.eval.{field}={e[field]!r} must be an integer >= 1')
   if e.max_depth and e.max_depth < 1:
     raise ConfigError(f'config.eval.max_depth={e.max_depth} must be >= 1 (or 0: the trained D)')
+  if e.max_depth and m.kind == 'standard' and e.max_depth != m.max_depth:
+    raise ConfigError(f'config.eval.max_depth={e.max_depth}: a standard (unshared) model has '
+                      f'exactly model.max_depth={m.max_depth} layers; set eval.max_depth=0')

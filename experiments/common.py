@@ -6,6 +6,9 @@ variant string with `parse_arg`, e.g. `--config=experiments/parity.py:decider=on
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 
@@ -31,6 +34,14 @@ def parse_arg(arg: str | None, **defaults):
     else:
       result[key] = kind(value)
   return result
+
+
+def load_module(path: str):
+  """The experiment module at `path` (a config file), for tools that call its get_config."""
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -95,6 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.source = 'stream'  # 'stream' (procedural, fixed seed) | 'tfds' (stored sets)
   config.eval.splits = ml_collections.ConfigDict({'in_distribution': '1-8'})  # name -> sizes
+  config.eval.data_dir = ''  # where 'tfds' sets live; '' = WORKDIR/eval_sets
   config.eval.batch_size = 128
   config.eval.num_batches = 4
   config.eval.every_steps = 500

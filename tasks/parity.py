@@ -2,13 +2,15 @@
 
 Two layouts, one class:
 - `prefix` (default): tokens are n random bits; at every position the target is the parity of the
-  bits so far. Size = n. Each position's complexity is the number of ones so far — the count
-  whose parity must be found.
+  bits so far. Size = n.
 - `ponder`: the PonderNet layout (Banino et al. 2021): a vector of `ponder_length` entries of
   which `size` are set to +1 or -1 at random places, the rest 0; one target, at the last position,
   is the parity of the count of +1 entries. Train sizes 1..48 of 96 and test 49..96 reproduce
   PonderNet's extrapolation split.
-"""
+
+A position's complexity is the number of informative entries so far — every bit in `prefix`,
+the non-zero entries in `ponder` — i.e. how many inputs the answer there must combine. Features:
+`ones_so_far` (the count whose parity is the answer) and `position`."""
 
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ class ParityTask(base.Task):
       tokens = np.where(bits == 1, _ONE, _ZERO)
       targets = np.where(ones % 2 == 1, _ONE, _ZERO)
       loss_mask = np.ones(size, bool)
+      informative = np.arange(1, size + 1)
     else:
       values = np.zeros(self.ponder_length, np.int64)
       places = rng.choice(self.ponder_length, size=size, replace=False)
@@ -57,8 +60,9 @@ class ParityTask(base.Task):
       targets = np.where(ones % 2 == 1, _ONE, _ZERO)
       loss_mask = np.zeros(self.ponder_length, bool)
       loss_mask[-1] = True
+      informative = np.cumsum(values != 0)
     position = np.arange(1, len(tokens) + 1)
     return base.Example(
         tokens=tokens.astype(np.int32), targets=targets.astype(np.int32), loss_mask=loss_mask,
-        complexity=ones.astype(np.float32),
+        complexity=informative.astype(np.float32),
         features=dict(ones_so_far=ones.astype(np.float32), position=position.astype(np.float32)))

@@ -17,8 +17,8 @@ def test_prefix_labels_and_annotations_by_brute_force():
     assert set(ex.tokens.tolist()) <= {ZERO, ONE} and len(bits) == size
     for i in range(size):
       assert ex.targets[i] == (ONE if sum(bits[:i + 1]) % 2 else ZERO)
-      assert ex.complexity[i] == ex.features['ones_so_far'][i] == sum(bits[:i + 1])
-      assert ex.features['position'][i] == i + 1
+      assert ex.features['ones_so_far'][i] == sum(bits[:i + 1])
+      assert ex.complexity[i] == ex.features['position'][i] == i + 1
     assert ex.loss_mask.all()
 
 
@@ -30,6 +30,7 @@ def test_ponder_layout_by_brute_force():
     assert len(ex.tokens) == 96 and np.sum(ex.tokens != ZERO) == size
     assert ex.loss_mask.tolist() == [False] * 95 + [True]
     assert ex.targets[-1] == (ONE if np.sum(ex.tokens == ONE) % 2 else ZERO)
+    assert ex.complexity[-1] == size and ex.complexity[0] == (ex.tokens[0] != ZERO)
 
 
 def test_stream_is_deterministic_by_seed_step_and_host():

@@ -110,6 +110,18 @@ def _config_from_args(args):
   return config
 
 
+def test_evaluation_from_tfds_sets_at_a_raised_depth(tmp_path):
+  config = small_config(steps=4, checkpoint_every=4, log_every=2, warmup_steps=1)
+  config.eval.source = 'tfds'
+  config.eval.max_depth = config.model.max_depth + 2
+  results = loop.train_and_evaluate(config, tmp_path)
+  assert (tmp_path / 'eval_sets' / 'anira_eval_set').is_dir()
+  assert results['max_depth'] == 8
+  for split in results['splits'].values():
+    assert split['examples'] == config.eval.batch_size * config.eval.num_batches
+    assert max(split['depth_histogram']) <= 8
+
+
 def test_corrupt_checkpoint_gives_one_line_naming_the_path(tmp_path):
   config = small_config(steps=4, checkpoint_every=2, log_every=2, warmup_steps=1)
   loop.train_and_evaluate(config, tmp_path)

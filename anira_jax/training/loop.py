@@ -7,6 +7,7 @@ continues exactly where the interrupted one would have been.
 
 from __future__ import annotations
 
+import collections.abc
 import concurrent.futures
 import functools
 import json
@@ -42,19 +43,38 @@ def build(config: ml_collections.ConfigDict) -> tuple[tasks.Task, Anira]:
   return task, anira
 
 
-def eval_streams(config: ml_collections.ConfigDict, task: tasks.Task) -> dict[str, tasks.Stream]:
-  return {name: tasks.Stream(task, sizes, config.eval.batch_size,
-                             seed=config.seed + EVAL_SEED_OFFSET + i)
-          for i, (name, sizes) in enumerate(config_lib.eval_splits(config).items())}
+def eval_sets(config: ml_collections.ConfigDict, task: tasks.Task, workdir: pathlib.Path
+              ) -> dict[str, tuple[tuple[int, ...], collections.abc.Callable]]:
+  """{split: (sizes, () -> batches)}: the same fixed examples at every evaluation.
+
+  `eval.source='stream'` draws them from the procedural stream with a seed of their own;
+  `'tfds'` builds them once as a TFDS array_record dataset under `eval.data_dir` (default
+  WORKDIR/eval_sets) and reads them back, so other runs and tools can share the exact set.
+  """
+  splits = config_lib.eval_splits(config)
+  count = config.eval.num_batches
+  if config.eval.source == 'tfds':
+    from tasks import eval_sets as tfds_sets  # TFDS import is slow; only when asked for
+    builder = tfds_sets.build(config.task.name, config.task.options.to_dict(), splits,
+                              config.seed + EVAL_SEED_OFFSET, count * config.eval.batch_size,
+                              str(config.eval.data_dir or workdir / 'eval_sets'))
+    return {name: (sizes, functools.partial(tfds_sets.load_batches, builder, name,
+                                            config.eval.batch_size))
+            for name, sizes in splits.items()}
+  result = {}
+  for i, (name, sizes) in enumerate(splits.items()):
+    stream = tasks.Stream(task, sizes, config.eval.batch_size,
+                          seed=config.seed + EVAL_SEED_OFFSET + i)
+    result[name] = (sizes, lambda stream=stream: map(stream.batch, range(count)))
+  return result
 
 
-def evaluate(config, task, anira, params, step: int, max_depth: int | None = None) -> dict:
-  """results.json's content: one entry per evaluation split."""
+def evaluate(config, anira, params, sets, step: int, max_depth: int | None = None) -> dict:
+  """results.json's content: one entry per evaluation split of `sets` (from `eval_sets`)."""
   splits = {}
-  for name, stream in eval_streams(config, task).items():
-    batches = (stream.batch(i) for i in range(config.eval.num_batches))
-    splits[name] = {'sizes': list(stream.sizes),
-                    **evaluation.evaluate_batches(anira, params, batches, max_depth)}
+  for name, (sizes, batches) in sets.items():
+    splits[name] = {'sizes': list(sizes),
+                    **evaluation.evaluate_batches(anira, params, batches(), max_depth)}
   return {'task': config.task.name, 'decider': config.decider.name, 'step': step,
           'max_depth': max_depth or anira.model_cfg.max_depth,
           'train_sizes': list(config_lib.train_sizes(config)), 'splits': splits}
@@ -89,6 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
   task, anira = build(config)
+  sets = eval_sets(config, task, workdir)
   tx = state_lib.make_optimizer(config.train)
   key = jax.random.key(config.seed)
   init_key, train_key = jax.random.split(key)
@@ -129,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         tok_s=f'{metrics["tokens_per_second"]:.0f}')
       bar.update(1)
       if step % config.eval.every_steps == 0 and step != total:
-        results = evaluate(config, task, anira, state.params, step)
+        results = evaluate(config, anira, state.params, sets, step)
         for name, r in results['splits'].items():
           writer.write(step, {k: v for k, v in r.items() if isinstance(v, (int, float))},
                        prefix=f'eval/{name}')
@@ -143,7 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer.close()
 
   _check_finite(state, last_saved, workdir)
-  results = evaluate(config, task, anira, state.params, int(state.step))
+  results = evaluate(config, anira, state.params, sets, int(state.step),
+                     config.eval.max_depth or None)
   reporting.write_results(workdir, results)
   reporting.plot_per_size(results, workdir / 'accuracy_per_size.png')
   for name, r in results['splits'].items():

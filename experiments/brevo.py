@@ -1,0 +1,57 @@
+"""BREVO with ANIRA: list every node a query node of a random DAG depends on, leaves first.
+
+    python launch.py --config=experiments/brevo.py
+    python launch.py --config=experiments/brevo.py:decider=online
+    python launch.py --config=experiments/brevo.py:scale=paper
+    python launch.py --config=experiments/brevo.py:quick --workdir=/tmp/brevo
+
+Variants: `decider=NAME` (any registered decider), `scale=cpu|paper`, `quick` (a few steps, for
+smoke tests; combines with either scale).
+
+- `scale=cpu` (default) fits a 2-core CPU in about a quarter of an hour: N = 3-10 nodes with
+  N = 7 held out, 16 node names, D = 6, width 128 (0.6 M parameters), batch 32, 1500 steps.
+  Evaluated on the trained N, the held-out N = 7 and larger graphs (N = 11-13).
+- `scale=paper` is the paper's setting, for an accelerator: N = 3-30 with N = 20 held out, 64
+  node names, D = 6, width 320, 8 heads, 1 + 2 + 1 layers (5.0 M parameters), batch 256, 50k
+  steps, bfloat16. Evaluated on the trained N, N = 20, and N = 31-36.
+"""
+
+from experiments import common
+
+SCALES = ('cpu', 'paper')
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
+  if args.scale not in SCALES:
+    raise ValueError(f'scale={args.scale!r}; choose one of {", ".join(SCALES)}')
+  config = common.base_config()
+  config.decider.name = args.decider
+  config.task.name = 'brevo'
+
+  if args.scale == 'cpu':
+    # max_nodes bounds the name pool: 16 names cover the longer split (13 nodes) with a few to
+    # spare, and keep the vocabulary (21 tokens) small.
+    config.task.options = {'max_nodes': 16}
+    config.task.train_sizes = '3-10'
+    config.task.holdout_sizes = '7'
+    config.eval.splits = {'in_distribution': '3-6,8-10', 'held_out': '7', 'longer': '11-13'}
+    config.model.update(width=128, num_heads=4, max_depth=6)
+    config.train.update(steps=1500, batch_size=32, warmup_steps=100, log_every=50,
+                        checkpoint_every=500)
+    config.eval.update(batch_size=64, every_steps=500)
+  else:
+    config.task.options = {'max_nodes': 64}
+    config.task.train_sizes = '3-30'
+    config.task.holdout_sizes = '20'
+    config.eval.splits = {'in_distribution': '3-19,21-30', 'held_out': '20', 'longer': '31-36'}
+    config.model.update(width=320, num_heads=8, prelude_layers=1, core_layers=2, coda_layers=1,
+                        max_depth=6, dtype='bfloat16')
+    config.train.update(steps=50_000, batch_size=256, warmup_steps=1000, log_every=200,
+                        checkpoint_every=5000)
+    config.eval.update(batch_size=256, num_batches=8, every_steps=5000)
+
+  if args.quick:
+    config.train.update(steps=20, warmup_steps=2, log_every=5, checkpoint_every=10)
+    config.eval.update(every_steps=10, num_batches=1, batch_size=32)
+  return config

@@ -1,0 +1,56 @@
+"""LANO with ANIRA: next-token prediction on strings of a deep, locally ambiguous grammar (cfg3b).
+
+    python launch.py --config=experiments/lano.py
+    python launch.py --config=experiments/lano.py:decider=online
+    python launch.py --config=experiments/lano.py:scale=paper
+    python launch.py --config=experiments/lano.py:quick --workdir=/tmp/lano
+
+Variants: `decider=NAME` (any registered decider), `scale=cpu|paper`, `quick` (a few steps, for
+smoke tests; combines with either scale). The size is the derivation's height, 1..6 (6 = whole
+cfg3b strings from the root, 90-486 terminals). The grammar is ambiguous, so next-token accuracy
+has a ceiling well below 1; the study is how depth follows "expansion" (tasks/lano.py).
+
+- `scale=cpu` (default) fits a 2-core CPU in about a quarter of an hour: heights 1-4 (2-81
+  terminals) with height 3 held out, D = 6, width 128 (0.6 M parameters), batch 32, 1500 steps.
+  Evaluated on heights 1, 2 and 4, the held-out 3, and taller derivations (height 5, 36-243).
+- `scale=paper` is the paper's setting, for an accelerator: whole cfg3b strings (height 6) as in
+  the paper, D = 6, width 320, 8 heads, 1 + 2 + 1 layers (5.0 M parameters), batch 256, 50k
+  steps, bfloat16. Nothing is taller than the root, so instead of held-out and longer splits it
+  is also evaluated on the strings of lower nonterminals (heights 1-5), never trained on alone.
+"""
+
+from experiments import common
+
+SCALES = ('cpu', 'paper')
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
+  if args.scale not in SCALES:
+    raise ValueError(f'scale={args.scale!r}; choose one of {", ".join(SCALES)}')
+  config = common.base_config()
+  config.decider.name = args.decider
+  config.task.name = 'lano'
+
+  if args.scale == 'cpu':
+    # Height 3 is held out: its strings occur inside height-4 ones, but never as a whole string.
+    config.task.train_sizes = '1-4'
+    config.task.holdout_sizes = '3'
+    config.eval.splits = {'in_distribution': '1-2,4', 'held_out': '3', 'longer': '5'}
+    config.model.update(width=128, num_heads=4, max_depth=6)
+    config.train.update(steps=1500, batch_size=32, warmup_steps=100, log_every=50,
+                        checkpoint_every=500)
+    config.eval.update(batch_size=32, every_steps=500)
+  else:
+    config.task.train_sizes = '6'
+    config.eval.splits = {'in_distribution': '6', 'lower': '1-5'}
+    config.model.update(width=320, num_heads=8, prelude_layers=1, core_layers=2, coda_layers=1,
+                        max_depth=6, dtype='bfloat16')
+    config.train.update(steps=50_000, batch_size=256, warmup_steps=1000, log_every=200,
+                        checkpoint_every=5000)
+    config.eval.update(batch_size=256, num_batches=8, every_steps=5000)
+
+  if args.quick:
+    config.train.update(steps=20, warmup_steps=2, log_every=5, checkpoint_every=10)
+    config.eval.update(every_steps=10, num_batches=1, batch_size=32)
+  return config

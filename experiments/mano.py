@@ -1,0 +1,56 @@
+"""MANO with ANIRA: the value of a modular expression tree of L operations, with no written steps.
+
+    python launch.py --config=experiments/mano.py
+    python launch.py --config=experiments/mano.py:decider=online
+    python launch.py --config=experiments/mano.py:scale=paper
+    python launch.py --config=experiments/mano.py:quick --workdir=/tmp/mano
+
+Variants: `decider=NAME` (any registered decider), `scale=cpu|paper`, `quick` (a few steps, for
+smoke tests; combines with either scale).
+
+- `scale=cpu` (default) fits a 2-core CPU in about a quarter of an hour: L = 1-6 with L = 4 held
+  out, values mod 5, D = 6, width 128 (0.6 M parameters), batch 64, 4000 steps. Evaluated on the
+  trained L, the held-out L = 4 and longer trees (L = 7-8).
+- `scale=paper` is the paper's setting, for an accelerator: L = 3-16 with L = 10 held out, values
+  mod 23, D = 14, width 320, 8 heads, 1 + 2 + 1 layers (5.0 M parameters, the paper's 5.1 M),
+  batch 256, 50k steps, bfloat16. Evaluated on the trained L, L = 10, and L = 17-20.
+"""
+
+from experiments import common
+
+SCALES = ('cpu', 'paper')
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
+  if args.scale not in SCALES:
+    raise ValueError(f'scale={args.scale!r}; choose one of {", ".join(SCALES)}')
+  config = common.base_config()
+  config.decider.name = args.decider
+  config.task.name = 'mano'
+
+  if args.scale == 'cpu':
+    # A small prime keeps the answer space (and the number of facts to learn) small.
+    config.task.options = {'modulus': 5, 'max_ops': 8}
+    config.task.train_sizes = '1-6'
+    config.task.holdout_sizes = '4'
+    config.eval.splits = {'in_distribution': '1-3,5-6', 'held_out': '4', 'longer': '7-8'}
+    config.model.update(width=128, num_heads=4, max_depth=6)
+    config.train.update(steps=4000, batch_size=64, warmup_steps=200, log_every=100,
+                        checkpoint_every=1000)
+    config.eval.every_steps = 1000
+  else:
+    config.task.options = {'modulus': 23, 'max_ops': 24}
+    config.task.train_sizes = '3-16'
+    config.task.holdout_sizes = '10'
+    config.eval.splits = {'in_distribution': '3-9,11-16', 'held_out': '10', 'longer': '17-20'}
+    config.model.update(width=320, num_heads=8, prelude_layers=1, core_layers=2, coda_layers=1,
+                        max_depth=14, dtype='bfloat16')
+    config.train.update(steps=50_000, batch_size=256, warmup_steps=1000, log_every=200,
+                        checkpoint_every=5000)
+    config.eval.update(batch_size=256, num_batches=8, every_steps=5000)
+
+  if args.quick:
+    config.train.update(steps=20, warmup_steps=2, log_every=5, checkpoint_every=10)
+    config.eval.update(every_steps=10, num_batches=1, batch_size=32)
+  return config
