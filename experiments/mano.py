@@ -9,7 +9,7 @@ Variants: `decider=NAME` (any registered decider), `scale=cpu|paper`, `quick` (a
 smoke tests; combines with either scale).
 
 - `scale=cpu` (default) fits a 2-core CPU in about a quarter of an hour: L = 1-6 with L = 4 held
-  out, values mod 5, D = 6, width 128 (0.6 M parameters), batch 64, 4000 steps. Evaluated on the
+  out, values mod 5, D = 6, width 128 (0.6 M parameters), batch 64, 3000 steps. Evaluated on the
   trained L, the held-out L = 4 and longer trees (L = 7-8).
 - `scale=paper` is the paper's setting, for an accelerator: L = 3-16 with L = 10 held out, values
   mod 23, D = 14, width 320, 8 heads, 1 + 2 + 1 layers (5.0 M parameters, the paper's 5.1 M),
@@ -36,7 +36,7 @@ def get_config(arg=None):
     config.task.holdout_sizes = '4'
     config.eval.splits = {'in_distribution': '1-3,5-6', 'held_out': '4', 'longer': '7-8'}
     config.model.update(width=128, num_heads=4, max_depth=6)
-    config.train.update(steps=4000, batch_size=64, warmup_steps=200, log_every=100,
+    config.train.update(steps=3000, batch_size=64, warmup_steps=200, log_every=100,
                         checkpoint_every=1000)
     config.eval.every_steps = 1000
   else:
