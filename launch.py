@@ -16,6 +16,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (checkpoints, metrics, results). Default: '
     'workdirs/<config name>[_<variant>] under the current directory.')
+_MULTIHOST = flags.DEFINE_bool(
+    'multihost', False, 'Join a multi-process job with jax.distributed.initialize(): on TPU pods '
+    'and SLURM/Kubernetes clusters the coordinator and process ids are detected automatically.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'host:port of process 0, for multi-process jobs without '
+    'auto-detection (implies --multihost; also set --num_processes and --process_id).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, so schedulers see the run as stopped, not finished
 
 
 def default_workdir(config_arg: str) -> pathlib.Path:
@@ -30,6 +40,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; -v 0 shows it all
+  if _MULTIHOST.value or _COORDINATOR.value:
+    # No try/except: a failed initialisation is a real error of the job's setup.
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].serialize().split('=', 1)[1])
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
@@ -37,6 +51,9 @@ def main(argv):
     loop.train_and_evaluate(_CONFIG.value, workdir)
   except (ConfigError, checkpoint.CheckpointError, loop.NonFiniteLossError) as e:
     sys.exit(f'error: {e}')
+  except loop.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr, flush=True)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == '__main__':

@@ -194,7 +194,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.decider.ponder_lambda={d.ponder_lambda} must lie in (0, 1)')
 
   t = config.train
-  for field in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints'):
+  for field in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints',
+                'preemption_check_every'):
     if not isinstance(t[field], int) or t[field] < 1:
       raise ConfigError(f'config.train.{field}={t[field]!r} must be an integer >= 1')
   _positive('train.learning_rate', t.learning_rate)
@@ -204,6 +205,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if t.warmup_steps >= t.steps:
     raise ConfigError(f'config.train.warmup_steps={t.warmup_steps} must be below '
                       f'train.steps={t.steps}')
+
+  if not isinstance(config.mesh.fsdp, int) or config.mesh.fsdp < 1:
+    raise ConfigError(f'config.mesh.fsdp={config.mesh.fsdp!r} must be an integer >= 1')
+  if not isinstance(config.mesh.data, int) or (config.mesh.data < 1 and config.mesh.data != -1):
+    raise ConfigError(f'config.mesh.data={config.mesh.data!r} must be an integer >= 1, or -1 '
+                      '(all devices the fsdp axis leaves)')
 
   e = config.eval
   _choice('eval.source', e.source, EVAL_SOURCES)

@@ -34,8 +34,11 @@ def device_batch(batch: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_eval_step(anira: Anira, max_depth: int | None):
-  return jax.jit(functools.partial(step_lib.eval_step, anira=anira, max_depth=max_depth))
+def _jitted_eval_step(anira: Anira, max_depth: int | None, mesh):
+  # Replicated outputs, so every process can read them even when params are sharded.
+  out = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(functools.partial(step_lib.eval_step, anira=anira, max_depth=max_depth),
+                 out_shardings=out)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
@@ -46,9 +49,12 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def evaluate_batches(anira: Anira, params: dict, batches: Iterable[dict],
-                     max_depth: int | None = None) -> dict:
-  """The results dictionary of one split from its host batches (see the module docstring)."""
-  eval_step = _jitted_eval_step(anira, max_depth)
+                     max_depth: int | None = None, mesh=None) -> dict:
+  """The results dictionary of one split from its host batches (see the module docstring).
+
+  Every process passes the same batches; with a `mesh` the outputs come back replicated.
+  """
+  eval_step = _jitted_eval_step(anira, max_depth, mesh)
   answer_depth, answer_expected, answer_complexity, answer_correct = [], [], [], []
   per_size = collections.defaultdict(lambda: np.zeros(5))  # tokens, correct, seqs, ok seqs, depth
   execution_cost = decision_cost = real_tokens = 0

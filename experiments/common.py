@@ -101,6 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.log_every = 50  # steps between metric lines (the only host syncs)
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
+  config.train.preemption_check_every = 10  # steps between multi-host SIGTERM agreements
+
+  # --- devices -----------------------------------------------------------------------------
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # batch-parallel axis size; -1 = all devices the fsdp axis leaves
+  config.mesh.fsdp = 1  # axis over which params and optimizer state are split (and the batch)
 
   # --- evaluation --------------------------------------------------------------------------
   config.eval = ml_collections.ConfigDict()

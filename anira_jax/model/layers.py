@@ -2,6 +2,16 @@
 
 Layers hold no state between calls; the network (`network.py`) owns their parameters and calls
 them as pure functions. Softmax and norms run in float32 whatever the matmul dtype.
+
+A block is also usable in pieces, for execution schedules that do not run every token at every
+step (compacted inference, KV-cache decoding):
+
+    q, k, v = project(cfg, block_params, x, positions)      # pre-norm, q/k/v, RoPE
+    attn = attend(q, k_cache, v_cache, q_positions, k_positions)  # causal by original position
+    x = update(cfg, block_params, x, attn)                   # output projection, MLP, residuals
+
+`Block.__call__` is exactly these three on one sequence, so the pieces and the block cannot
+drift apart; `block_params` is one `layer_i` entry of a `Stack`'s parameter tree.
 """
 
 from __future__ import annotations
@@ -14,12 +24,16 @@ import numpy as np
 from anira_jax.config import ModelConfig
 
 
-def rope(x_BxLxHxK: jax.Array, positions_L: jax.Array, base: float = 10_000.0) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021) on the last axis, in float32."""
+def rope(x_BxLxHxK: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021) on the last axis, in float32.
+
+  `positions` is [L] (shared by the batch) or [B, L] (per row, e.g. gathered tokens).
+  """
   half = x_BxLxHxK.shape[-1] // 2
   freq_K = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle_LxK = positions_L.astype(jnp.float32)[:, None] * freq_K[None, :]
-  sin, cos = jnp.sin(angle_LxK)[None, :, None, :], jnp.cos(angle_LxK)[None, :, None, :]
+  positions_BxL = positions[None] if positions.ndim == 1 else positions
+  angle_BxLxK = positions_BxL.astype(jnp.float32)[:, :, None] * freq_K[None, None, :]
+  sin, cos = jnp.sin(angle_BxLxK)[:, :, None, :], jnp.cos(angle_BxLxK)[:, :, None, :]
   x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxLxHxK.dtype)
@@ -34,29 +48,80 @@ def sinusoidal(positions_L: jax.Array, width: int) -> jax.Array:
 
 
 class Block(nn.Module):
-  """Pre-norm causal self-attention + MLP, with residuals."""
+  """Pre-norm causal self-attention + MLP, with residuals.
+
+  Parameter names: attn_norm, query, key, value, out, mlp_norm, mlp_in, mlp_out.
+  """
 
   cfg: ModelConfig
 
-  @nn.compact
-  def __call__(self, x_BxLxD: jax.Array, positions_L: jax.Array) -> jax.Array:
+  def setup(self):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
-    dense = lambda features, axis=-1, name=None: nn.DenseGeneral(
-        features, axis=axis, dtype=dtype, name=name)
+    heads = (cfg.num_heads, cfg.head_dim)
+    self.attn_norm = nn.RMSNorm(dtype=jnp.float32)
+    self.query = nn.DenseGeneral(heads, dtype=dtype)
+    self.key = nn.DenseGeneral(heads, dtype=dtype)
+    self.value = nn.DenseGeneral(heads, dtype=dtype)
+    self.out = nn.DenseGeneral(cfg.width, axis=(-2, -1), dtype=dtype)
+    self.mlp_norm = nn.RMSNorm(dtype=jnp.float32)
+    self.mlp_in = nn.DenseGeneral(cfg.mlp_ratio * cfg.width, dtype=dtype)
+    self.mlp_out = nn.DenseGeneral(cfg.width, dtype=dtype)
 
-    h_BxLxD = nn.RMSNorm(dtype=jnp.float32, name='attn_norm')(x_BxLxD)
-    qkv = [dense((cfg.num_heads, cfg.head_dim), name=n)(h_BxLxD) for n in ('query', 'key', 'value')]
-    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = qkv
-    if cfg.position == 'rope':
-      q_BxLxHxK, k_BxLxHxK = rope(q_BxLxHxK, positions_L), rope(k_BxLxHxK, positions_L)
+  def _rope(self, x_BxLxHxK, positions):
+    return rope(x_BxLxHxK, positions) if self.cfg.position == 'rope' else x_BxLxHxK
+
+  def project(self, x_BxLxD: jax.Array, positions: jax.Array):
+    """(q, k, v), each [B, L, H, K], of the block input x at `positions` ([L] or [B, L])."""
+    h_BxLxD = self.attn_norm(x_BxLxD)
+    q_BxLxHxK = self._rope(self.query(h_BxLxD), positions)
+    k_BxLxHxK = self._rope(self.key(h_BxLxD), positions)
+    return q_BxLxHxK, k_BxLxHxK, self.value(h_BxLxD)
+
+  def keys_values(self, x_BxLxD: jax.Array, positions: jax.Array):
+    """(k, v) only: what a token that is not queried this step shows to the others."""
+    h_BxLxD = self.attn_norm(x_BxLxD)
+    return self._rope(self.key(h_BxLxD), positions), self.value(h_BxLxD)
+
+  def update(self, x_BxLxD: jax.Array, attn_BxLxHxK: jax.Array) -> jax.Array:
+    """The block output from its input and the attention result: out-projection, MLP, residuals."""
+    x_BxLxD = x_BxLxD + self.out(attn_BxLxHxK)
+    h_BxLxD = self.mlp_norm(x_BxLxD)
+    h_BxLxF = nn.gelu(self.mlp_in(h_BxLxD))
+    return x_BxLxD + self.mlp_out(h_BxLxF).astype(x_BxLxD.dtype)
+
+  def __call__(self, x_BxLxD: jax.Array, positions_L: jax.Array) -> jax.Array:
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = self.project(x_BxLxD, positions_L)
     attn_BxLxHxK = jax.nn.dot_product_attention(
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
-    x_BxLxD = x_BxLxD + dense(cfg.width, axis=(-2, -1), name='out')(attn_BxLxHxK)
+    return self.update(x_BxLxD, attn_BxLxHxK)
 
-    h_BxLxD = nn.RMSNorm(dtype=jnp.float32, name='mlp_norm')(x_BxLxD)
-    h_BxLxF = nn.gelu(dense(cfg.mlp_ratio * cfg.width, name='mlp_in')(h_BxLxD))
-    return x_BxLxD + dense(cfg.width, name='mlp_out')(h_BxLxF).astype(x_BxLxD.dtype)
+
+def project(cfg: ModelConfig, params: dict, x_BxLxD: jax.Array, positions: jax.Array):
+  """`Block.project` as a pure function of one block's params."""
+  return Block(cfg).apply({'params': params}, x_BxLxD, positions, method=Block.project)
+
+
+def keys_values(cfg: ModelConfig, params: dict, x_BxLxD: jax.Array, positions: jax.Array):
+  """`Block.keys_values` as a pure function of one block's params."""
+  return Block(cfg).apply({'params': params}, x_BxLxD, positions, method=Block.keys_values)
+
+
+def update(cfg: ModelConfig, params: dict, x_BxLxD: jax.Array, attn_BxLxHxK: jax.Array):
+  """`Block.update` as a pure function of one block's params."""
+  return Block(cfg).apply({'params': params}, x_BxLxD, attn_BxLxHxK, method=Block.update)
+
+
+def attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
+           q_positions_BxS: jax.Array, k_positions_N: jax.Array) -> jax.Array:
+  """Attention of S queries over N keys, causal by ORIGINAL sequence position.
+
+  Query s (at position q_positions[b, s]) sees key n iff k_positions[n] <= q_positions[b, s], so
+  a gathered subset of queries over the whole key cache gives what the full causal block gives
+  those tokens. Returns [B, S, H, K].
+  """
+  mask_Bx1xSxN = k_positions_N[None, None, None, :] <= q_positions_BxS[:, None, :, None]
+  return jax.nn.dot_product_attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, mask=mask_Bx1xSxN)
 
 
 class Stack(nn.Module):
@@ -72,13 +137,24 @@ class Stack(nn.Module):
     return x_BxLxD
 
 
+def stack_blocks(params: dict | None, num_layers: int) -> list[dict]:
+  """The per-block params of a `Stack`, in order."""
+  return [params[f'layer_{i}'] for i in range(num_layers)]
+
+
 class Readout(nn.Module):
   """The coda: its layers, a final norm and the LM head, from a token's exit state to logits."""
 
   cfg: ModelConfig
 
-  @nn.compact
+  def setup(self):
+    self.coda = Stack(self.cfg, self.cfg.coda_layers)
+    self.final_norm = nn.RMSNorm(dtype=jnp.float32)
+    self.lm_head = nn.Dense(self.cfg.vocab_size, dtype=jnp.float32)
+
+  def head(self, h_BxLxD: jax.Array) -> jax.Array:
+    """Final norm and LM head only: logits of the coda's output."""
+    return self.lm_head(self.final_norm(h_BxLxD))
+
   def __call__(self, h_BxLxD: jax.Array, positions_L: jax.Array) -> jax.Array:
-    h_BxLxD = Stack(self.cfg, self.cfg.coda_layers, name='coda')(h_BxLxD, positions_L)
-    h_BxLxD = nn.RMSNorm(dtype=jnp.float32, name='final_norm')(h_BxLxD)
-    return nn.Dense(self.cfg.vocab_size, dtype=jnp.float32, name='lm_head')(h_BxLxD)
+    return self.head(self.coda(h_BxLxD, positions_L))

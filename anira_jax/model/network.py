@@ -53,15 +53,42 @@ class Network:
       params['iteration'] = 0.02 * jax.random.normal(k_iter, (cfg.max_depth, cfg.width))
     return params
 
-  def embed(self, params: dict, tokens_BxL: jax.Array) -> jax.Array:
-    """h0, the shallow representation: embeddings (+ positions) through the prelude."""
-    positions_L = jnp.arange(tokens_BxL.shape[1])
+  def embed_inputs(self, params: dict, tokens_BxL: jax.Array, positions_L: jax.Array) -> jax.Array:
+    """The prelude's input: token embeddings (+ learned or sinusoidal positions)."""
     x_BxLxD = self._embed.apply({'params': params['embed']}, tokens_BxL)
     if self.cfg.position == 'learned':
       x_BxLxD = x_BxLxD + params['positions'][positions_L][None]
     elif self.cfg.position == 'sinusoidal':
       x_BxLxD = x_BxLxD + layers.sinusoidal(positions_L, self.cfg.width)[None]
+    return x_BxLxD
+
+  def embed(self, params: dict, tokens_BxL: jax.Array) -> jax.Array:
+    """h0, the shallow representation: embeddings (+ positions) through the prelude."""
+    positions_L = jnp.arange(tokens_BxL.shape[1])
+    x_BxLxD = self.embed_inputs(params, tokens_BxL, positions_L)
     return self._prelude.apply({'params': params['prelude']}, x_BxLxD, positions_L)
+
+  def prelude_blocks(self, params: dict) -> list[dict]:
+    return layers.stack_blocks(params.get('prelude'), self.cfg.prelude_layers)
+
+  def core_input(self, params: dict, h_BxLxD: jax.Array, h0_BxLxD: jax.Array,
+                 t: jax.Array) -> jax.Array:
+    """x = h (+ h0) (+ e_t): what the core's first layer reads at iteration t."""
+    x_BxLxD = h_BxLxD + h0_BxLxD if self.cfg.injection == 'add' else h_BxLxD
+    if self.cfg.iteration_embedding:
+      # Clipped so that evaluating with a raised max_depth reuses the last trained embedding.
+      x_BxLxD = x_BxLxD + params['iteration'][None, None, jnp.minimum(t, self.cfg.max_depth) - 1]
+    return x_BxLxD
+
+  def core_params(self, params: dict, t: jax.Array) -> dict:
+    """The core's parameters at iteration t: the shared block, or slice t-1 for `standard`."""
+    if self.cfg.kind == 'standard':
+      return jax.tree.map(lambda p: p[t - 1], params['core'])
+    return params['core']
+
+  def core_blocks(self, params: dict, t: jax.Array) -> list[dict]:
+    """The per-layer block params the core uses at iteration t."""
+    return layers.stack_blocks(self.core_params(params, t), self.cfg.core_layers)
 
   def core(self, params: dict, h_BxLxD: jax.Array, h0_BxLxD: jax.Array,
            t: jax.Array) -> jax.Array:
@@ -71,17 +98,19 @@ class Network:
     the state: h_t = h_{t-1} + Δ(h_{t-1} + h0 + e_t), so states keep one scale at any depth.
     """
     positions_L = jnp.arange(h_BxLxD.shape[1])
-    x_BxLxD = h_BxLxD + h0_BxLxD if self.cfg.injection == 'add' else h_BxLxD
-    if self.cfg.iteration_embedding:
-      # Clipped so that evaluating with a raised max_depth reuses the last trained embedding.
-      x_BxLxD = x_BxLxD + params['iteration'][None, None, jnp.minimum(t, self.cfg.max_depth) - 1]
-    core = params['core']
-    if self.cfg.kind == 'standard':
-      core = jax.tree.map(lambda p: p[t - 1], core)
-    y_BxLxD = self._core.apply({'params': core}, x_BxLxD, positions_L)
+    x_BxLxD = self.core_input(params, h_BxLxD, h0_BxLxD, t)
+    y_BxLxD = self._core.apply({'params': self.core_params(params, t)}, x_BxLxD, positions_L)
     return h_BxLxD + (y_BxLxD - x_BxLxD)
 
   def readout(self, params: dict, h_BxLxD: jax.Array) -> jax.Array:
     """Logits [B, L, vocab] (float32) from each token's exit state."""
     positions_L = jnp.arange(h_BxLxD.shape[1])
     return self._readout.apply({'params': params['readout']}, h_BxLxD, positions_L)
+
+  def coda_blocks(self, params: dict) -> list[dict]:
+    return layers.stack_blocks(params['readout'].get('coda'), self.cfg.coda_layers)
+
+  def readout_head(self, params: dict, h_BxLxD: jax.Array) -> jax.Array:
+    """Final norm + LM head on the coda's output (the readout without its layers)."""
+    return self._readout.apply({'params': params['readout']}, h_BxLxD,
+                               method=layers.Readout.head)

@@ -12,6 +12,7 @@ import concurrent.futures
 import functools
 import json
 import pathlib
+import signal
 import time
 
 import jax
@@ -19,12 +20,13 @@ import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
+from jax.experimental import multihost_utils
 
 import tasks
 from anira_jax import config as config_lib
 from anira_jax import evaluation, reporting
 from anira_jax.anira import Anira, num_params
-from anira_jax.training import checkpoint
+from anira_jax.training import checkpoint, sharding
 from anira_jax.training import state as state_lib
 from anira_jax.training import step as step_lib
 
@@ -69,12 +71,13 @@ def eval_sets(config: ml_collections.ConfigDict, task: tasks.Task, workdir: path
   return result
 
 
-def evaluate(config, anira, params, sets, step: int, max_depth: int | None = None) -> dict:
+def evaluate(config, anira, params, sets, step: int, max_depth: int | None = None,
+             mesh=None) -> dict:
   """results.json's content: one entry per evaluation split of `sets` (from `eval_sets`)."""
   splits = {}
   for name, (sizes, batches) in sets.items():
     splits[name] = {'sizes': list(sizes),
-                    **evaluation.evaluate_batches(anira, params, batches(), max_depth)}
+                    **evaluation.evaluate_batches(anira, params, batches(), max_depth, mesh)}
   return {'task': config.task.name, 'decider': config.decider.name, 'step': step,
           'max_depth': max_depth or anira.model_cfg.max_depth,
           'train_sizes': list(config_lib.train_sizes(config)), 'splits': splits}
@@ -102,44 +105,105 @@ def _check_finite(state, last_saved: int | None, workdir) -> None:
         'then rerun (the run resumes from that checkpoint).')
 
 
+def compile_training(anira: Anira, tx, mesh, train_key):
+  """(create, abstract_state, state_sharding, train_step) for a mesh.
+
+  The state is born sharded — shapes first (`eval_shape`), then shardings, then a jitted
+  initialisation with those output shardings — and the train step keeps it so (donated).
+  """
+  create = functools.partial(state_lib.create, anira, tx)
+  abstract_state = jax.eval_shape(create, jax.random.key(0))
+  state_sharding = sharding.state_shardings(mesh, abstract_state)
+  train_step = jax.jit(
+      functools.partial(step_lib.train_step, anira=anira, tx=tx, key=train_key),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
+  return (jax.jit(create, out_shardings=state_sharding), abstract_state, state_sharding,
+          train_step)
+
+
+class _PreemptionWatch:
+  """Turns SIGTERM into a request to checkpoint and stop at the next step boundary.
+
+  With several processes, the request is shared every `every` steps (a tiny all-gather), so all
+  processes stop — and save — at the same step.
+  """
+
+  def __init__(self, every: int):
+    self.every = every
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    if step % self.every:
+      return False
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+  def close(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint of the step reached was saved."""
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-  """Trains (or resumes) the configured model, then writes results.json and figures."""
+  """Trains (or resumes) the configured model, then writes results.json and figures.
+
+  Raises Preempted after saving a checkpoint when the process receives SIGTERM.
+  """
   config_lib.validate(config)
+  lead = jax.process_index() == 0
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+  if lead:
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
   task, anira = build(config)
+  mesh = sharding.make_mesh(config)
   sets = eval_sets(config, task, workdir)
   tx = state_lib.make_optimizer(config.train)
-  key = jax.random.key(config.seed)
-  init_key, train_key = jax.random.split(key)
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
 
-  state = state_lib.create(anira, tx, init_key)
-  total_params, decider_params = num_params(state.params), num_params(state.params['decider'])
-  print(f'{config.task.name} · decider {config.decider.name} · {total_params:,} parameters '
-        f'(decider {100 * decider_params / total_params:.1f}%) · workdir {workdir}', flush=True)
+  create, abstract_state, state_sharding, train_step = compile_training(anira, tx, mesh,
+                                                                       train_key)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   last_saved = mngr.latest_step()
-  if last_saved is not None:
-    state = checkpoint.restore_state(mngr, last_saved, checkpoint.abstract(state))
-    print(f'Resuming from checkpoint step {last_saved} ({mngr.directory})', flush=True)
+  if last_saved is None:
+    state = create(init_key)
+  else:
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract_state, state_sharding)
+    state = checkpoint.restore_state(mngr, last_saved, target)
+  total_params, decider_params = num_params(state.params), num_params(state.params['decider'])
+  if lead:
+    print(f'{config.task.name} · decider {config.decider.name} · {total_params:,} parameters '
+          f'(decider {100 * decider_params / total_params:.1f}%) · mesh {dict(mesh.shape)} · '
+          f'{jax.process_count()} process(es) · workdir {workdir}', flush=True)
+    if last_saved is not None:
+      print(f'Resuming from checkpoint step {last_saved} ({mngr.directory})', flush=True)
 
-  train_step = jax.jit(functools.partial(step_lib.train_step, anira=anira, tx=tx, key=train_key),
-                       donate_argnums=0)
-  stream = tasks.Stream(task, config_lib.train_sizes(config), config.train.batch_size,
-                        seed=config.seed, host_index=jax.process_index(),
-                        host_count=jax.process_count())
-  writer = reporting.MetricWriter(workdir)
+  stream = tasks.Stream(task, config_lib.train_sizes(config),
+                        config.train.batch_size // jax.process_count(), seed=config.seed,
+                        host_index=jax.process_index(), host_count=jax.process_count())
+  writer = reporting.MetricWriter(workdir) if lead else None
   config_json = config.to_json_best_effort()
-  start = int(state.step)
-  total = config.train.steps
-  bar = tqdm.tqdm(total=total, initial=start, desc='train', unit='step', dynamic_ncols=True)
+  start, total = int(state.step), config.train.steps
+  bar = tqdm.tqdm(total=total, initial=start, desc='train', unit='step', dynamic_ncols=True,
+                  disable=not lead)
+  watch = _PreemptionWatch(config.train.preemption_check_every)
   tokens_since, time_since = 0.0, time.perf_counter()
   try:
     for step, batch in enumerate(_prefetch(stream, start, total), start=start + 1):
-      state, metrics = train_step(state, evaluation.device_batch(batch))
-      tokens_since += float(np.sum(batch['tokens'] != 0))
-      if step % config.train.log_every == 0 or step == total:
+      state, metrics = train_step(state, sharding.global_batch(evaluation.device_batch(batch),
+                                                               mesh))
+      tokens_since += float(np.sum(batch['tokens'] != 0)) * jax.process_count()
+      if writer and (step % config.train.log_every == 0 or step == total):
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
         metrics['tokens_per_second'] = tokens_since / (now - time_since)
@@ -150,26 +214,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         tok_s=f'{metrics["tokens_per_second"]:.0f}')
       bar.update(1)
       if step % config.eval.every_steps == 0 and step != total:
-        results = evaluate(config, anira, state.params, sets, step)
+        results = evaluate(config, anira, state.params, sets, step, mesh=mesh)
         for name, r in results['splits'].items():
-          writer.write(step, {k: v for k, v in r.items() if isinstance(v, (int, float))},
-                       prefix=f'eval/{name}')
-      if step % config.train.checkpoint_every == 0 or step == total:
+          if writer:
+            writer.write(step, {k: v for k, v in r.items() if isinstance(v, (int, float))},
+                         prefix=f'eval/{name}')
+      preempted = watch.should_stop(step)
+      if step % config.train.checkpoint_every == 0 or step == total or preempted:
         _check_finite(state, last_saved, workdir)
         checkpoint.save(mngr, step, state, config_json)
         last_saved = step
+      if preempted:
+        raise Preempted(f'SIGTERM: saved checkpoint step {step} in {mngr.directory}; run the '
+                        'same command again to resume')
   finally:
+    watch.close()
     bar.close()
     mngr.wait_until_finished()
-    writer.close()
+    if writer:
+      writer.close()
 
   _check_finite(state, last_saved, workdir)
   results = evaluate(config, anira, state.params, sets, int(state.step),
-                     config.eval.max_depth or None)
-  reporting.write_results(workdir, results)
-  reporting.plot_per_size(results, workdir / 'accuracy_per_size.png')
-  for name, r in results['splits'].items():
-    writer_scalars = {k: v for k, v in r.items() if isinstance(v, (int, float))}
-    logging.info('final %s: %s', name, json.dumps(writer_scalars))
-  print(reporting.table(results), flush=True)
+                     config.eval.max_depth or None, mesh=mesh)
+  if lead:
+    reporting.write_results(workdir, results)
+    reporting.plot_per_size(results, workdir / 'accuracy_per_size.png')
+    for name, r in results['splits'].items():
+      scalars = {k: v for k, v in r.items() if isinstance(v, (int, float))}
+      logging.info('final %s: %s', name, json.dumps(scalars))
+    print(reporting.table(results), flush=True)
   return results

@@ -1,0 +1,192 @@
+"""The paper's analyses of one trained run: analysis.json, figures and a summary in the workdir.
+
+    python -m anira_jax.analysis.run --workdir=workdirs/brevo
+
+Traces every configured evaluation split (the examples results.json was computed on) at the
+trained D and at a raised D, then runs alignment and generalization for every task, decision
+timing for BREVO, and the inference-rule trade-off for deciders with a rule (online, ponder; the
+others get their single point). Writes analysis.json, analysis.md and the PNGs below.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from anira_jax import config as config_lib
+from anira_jax import inspect
+from anira_jax.analysis import alignment, figures, generalization, timing, tradeoff
+
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9)  # median is the threshold 0.5
+TIMING_TASKS = ('brevo',)
+
+
+def annotated_mask(trace: inspect.Trace, task_name: str) -> np.ndarray:
+  """Answer tokens whose features are defined: BREVO annotates answer-node positions only (the
+  position whose target is <eos> is scored but carries no features)."""
+  mask = trace.answer_mask
+  if task_name == 'brevo':
+    mask = mask & (trace.features['graph_size'] > 0)
+  return mask
+
+
+def _json_safe(x):
+  if isinstance(x, dict):
+    return {str(k): _json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_safe(v) for v in x]
+  if isinstance(x, (np.floating, float)):
+    return float(x) if math.isfinite(x) else None
+  if isinstance(x, np.integer):
+    return int(x)
+  if isinstance(x, np.bool_):
+    return bool(x)
+  return x
+
+
+def _fmt(x, digits=3) -> str:
+  return '–' if x is None else f'{x:.{digits}f}'
+
+
+def summary_markdown(result: dict) -> str:
+  """A short human-readable account of `analyze`'s result."""
+  lines = [f'# Analysis: {result["task"]} · decider {result["decider"]} · step {result["step"]}',
+           '', f'Workdir `{result["workdir"]}`; trained D = {result["max_depth"]}.', '',
+           '## Generalization', '', '| T | category | examples | token acc | seq acc | depth |',
+           '|---|---|---|---|---|---|']
+  for depth, table in result['generalization']['by_max_depth'].items():
+    for cat, r in table['per_category'].items():
+      lines.append(f'| {depth} | {cat} | {r["examples"]} | {_fmt(r["token_accuracy"])} | '
+                   f'{_fmt(r["sequence_accuracy"])} | {_fmt(r["mean_depth"], 2)} |')
+  lines += ['', '## Alignment (all splits, answer tokens)', '',
+            '| feature | Spearman ρ(E[d]) | 95% CI | Pearson r(E[d]) | 95% CI |',
+            '|---|---|---|---|---|']
+  for name, c in result['alignment']['all']['correlations'].items():
+    e = c['expected_depth']
+    ci = lambda v: '–' if v is None else f'[{v[0]:.2f}, {v[1]:.2f}]'  # noqa: E731
+    lines.append(f'| {name} | {_fmt(e["spearman"])} | {ci(e["spearman_ci"])} | '
+                 f'{_fmt(e["pearson"])} | {ci(e["pearson_ci"])} |')
+  if 'timing' in result:
+    t = result['timing']
+    lines += ['', '## Decision timing (correct samples only)', '',
+              f'{t["samples"]} of {t["samples_total"]} samples, {t["tokens"]} of '
+              f'{t["tokens_total"]} tokens. R²({t["control"]} alone) = {_fmt(t["r2_control"])}, '
+              f'R²(full) = {_fmt(t["r2_full"])}.', '',
+              '| group | R² added | partial R² | unique R² |', '|---|---|---|---|']
+    for g, r in t['groups'].items():
+      lines.append(f'| {g} | {_fmt(r["added"])} | {_fmt(r["partial"])} | {_fmt(r["unique"])} |')
+  trade = result['tradeoff']
+  lines += ['', '## Inference rules', '']
+  if not trade['applicable']:
+    lines.append(trade['reason'])
+  lines += ['', '| rule | token acc | cost/token | Pareto |', '|---|---|---|---|']
+  for label, p in trade['points'].items():
+    lines.append(f'| {label} | {_fmt(p["token_accuracy"])} | '
+                 f'{_fmt(p["execution_cost_per_token"], 2)} | '
+                 f'{"yes" if label in trade["pareto"] else ""} |')
+  lines += ['', '## Figures', ''] + [f'- `{f}`' for f in result['files'] if f.endswith('.png')]
+  return '\n'.join(lines) + '\n'
+
+
+def analyze(workdir, out_dir=None, *, step: int | None = None, num_batches: int | None = None,
+            batch_size: int | None = None, raised_depth: int | None = None,
+            thresholds=THRESHOLDS, n_boot: int = 200, seed: int = 0) -> dict:
+  """Runs every analysis that applies to the run in `workdir`; returns analysis.json's content.
+
+  `raised_depth` is the T of the second generalization pass (default: config.eval.max_depth if
+  it exceeds D, else 2·D; none for a standard, unshared model).
+  """
+  run = inspect.load(workdir, step)
+  out = pathlib.Path(out_dir or run.workdir)
+  out.mkdir(parents=True, exist_ok=True)
+  config, task_name, d = run.config, run.config.task.name, run.max_depth
+  splits = list(config_lib.eval_splits(config))
+  counts = dict(num_batches=num_batches, batch_size=batch_size)
+  traces = {name: run.trace_split(name, **counts) for name in splits}
+  pooled = inspect.concatenate(list(traces.values()))
+  by_depth = {d: pooled}
+  if run.anira.model_cfg.kind != 'standard':
+    raised = raised_depth or (config.eval.max_depth if config.eval.max_depth > d else 2 * d)
+    by_depth[raised] = inspect.concatenate([run.trace_split(name, max_depth=raised, **counts)
+                                            for name in splits])
+  logging.info('traced %d sequences at T in %s', pooled.batch_size, sorted(by_depth))
+
+  result = {'task': task_name, 'decider': config.decider.name, 'step': run.step,
+            'workdir': str(run.workdir), 'max_depth': d, 'rule': run.rule,
+            'splits': {n: list(run.sizes(n)) for n in splits}}
+  result['alignment'] = {
+      'all': alignment.alignment(pooled, annotated_mask(pooled, task_name), n_boot=n_boot,
+                                 seed=seed),
+      'splits': {n: alignment.alignment(t, annotated_mask(t, task_name), n_boot=0)
+                 for n, t in traces.items()}}
+  result['generalization'] = generalization.generalization(
+      by_depth, config_lib.train_sizes(config), d)
+  if task_name in TIMING_TASKS:
+    result['timing'] = timing.decision_timing(pooled, n_boot=n_boot, seed=seed)
+
+  first = splits[0]
+  if run.rule is not None:
+    rule_traces = {'mode': run.trace_split(first, rule='mode', **counts),
+                   'median': run.trace_split(first, rule='median', **counts)}
+    for p in thresholds:
+      rule_traces[f'threshold={p:g}'] = run.trace_split(first, rule='threshold', threshold=p,
+                                                        **counts)
+    result['tradeoff'] = {'applicable': True, 'split': first,
+                          **tradeoff.tradeoff(rule_traces)}
+  else:
+    result['tradeoff'] = {
+        'applicable': False, 'split': first,
+        'reason': f'decider {config.decider.name!r} has no inference rule; only its own point.',
+        **tradeoff.tradeoff({config.decider.name: traces[first]})}
+
+  title = f'{task_name} · {config.decider.name} · step {run.step}'
+  files = [
+      figures.depth_heatmap(traces[first], run.decode, out / 'depth_heatmap.png',
+                            title=f'{title} · {first}'),
+      figures.depth_vs_complexity(result['alignment']['all'], out / 'depth_vs_complexity.png',
+                                  title=title),
+      figures.accuracy_depth_vs_size(result['generalization'],
+                                     out / 'generalization.png', title=title),
+      figures.pareto(result['tradeoff'], out / 'pareto.png', title=title)]
+  if 'timing' in result:
+    files.append(figures.variance_explained(result['timing'], out / 'variance_explained.png',
+                                            title=title))
+  result['files'] = [p.name for p in files] + ['analysis.json', 'analysis.md']
+  result = _json_safe(result)
+  (out / 'analysis.json').write_text(json.dumps(result, indent=2) + '\n')
+  (out / 'analysis.md').write_text(summary_markdown(result))
+  return result
+
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (or its checkpoints/[<step>]).')
+_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where to write; default: the workdir.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the newest.')
+_NUM_BATCHES = flags.DEFINE_integer('num_batches', None, 'Batches per split; default: config.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Examples per batch; default: config.')
+_RAISED = flags.DEFINE_integer('raised_depth', None, 'T of the raised-depth pass.')
+_N_BOOT = flags.DEFINE_integer('n_boot', 200, 'Bootstrap resamples for the intervals.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  try:
+    result = analyze(_WORKDIR.value, _OUT_DIR.value, step=_STEP.value,
+                     num_batches=_NUM_BATCHES.value, batch_size=_BATCH_SIZE.value,
+                     raised_depth=_RAISED.value, n_boot=_N_BOOT.value)
+  except inspect.CheckpointError as e:
+    sys.exit(f'error: {e}')
+  out = pathlib.Path(_OUT_DIR.value or result['workdir'])
+  print(f'wrote {", ".join(result["files"])} to {out}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main)
