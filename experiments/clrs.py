@@ -20,13 +20,9 @@ smoke tests; combines with either scale). The size is the input's size (list len
 
 from experiments import common
 
-SCALES = ('cpu', 'paper')
-
-
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
-  if args.scale not in SCALES:
-    raise ValueError(f'scale={args.scale!r}; choose one of {", ".join(SCALES)}')
+  common.check_scale(args.scale)
   config = common.base_config()
   config.decider.name = args.decider
   config.task.name = 'clrs'
@@ -47,13 +43,8 @@ def get_config(arg=None):
     config.task.train_sizes = '2-16'
     config.task.holdout_sizes = '12'
     config.eval.splits = {'in_distribution': '2-11,13-16', 'held_out': '12', 'longer': '17-24'}
-    config.model.update(width=320, num_heads=8, prelude_layers=1, core_layers=2, coda_layers=1,
-                        max_depth=6, dtype='bfloat16')
-    config.train.update(steps=50_000, batch_size=256, warmup_steps=1000, log_every=200,
-                        checkpoint_every=5000)
-    config.eval.update(batch_size=256, num_batches=8, every_steps=5000)
+    common.use_paper_scale(config, max_depth=6)
 
   if args.quick:
-    config.train.update(steps=20, warmup_steps=2, log_every=5, checkpoint_every=10)
-    config.eval.update(every_steps=10, num_batches=1, batch_size=32)
+    common.make_quick(config)
   return config

@@ -36,6 +36,29 @@ def parse_arg(arg: str | None, **defaults):
   return result
 
 
+SCALES = ('cpu', 'paper')
+
+
+def check_scale(scale: str) -> None:
+  if scale not in SCALES:
+    raise ValueError(f'scale={scale!r}; choose one of {", ".join(SCALES)}')
+
+
+def use_paper_scale(config: ml_collections.ConfigDict, max_depth: int) -> None:
+  """The paper's ~5 M-parameter model and an accelerator-sized schedule (bfloat16 matmuls)."""
+  config.model.update(width=320, num_heads=8, prelude_layers=1, core_layers=2, coda_layers=1,
+                      max_depth=max_depth, dtype='bfloat16')
+  config.train.update(steps=50_000, batch_size=256, warmup_steps=1000, log_every=200,
+                      checkpoint_every=5000)
+  config.eval.update(batch_size=256, num_batches=8, every_steps=5000)
+
+
+def make_quick(config: ml_collections.ConfigDict) -> None:
+  """A few steps and a tiny evaluation: a smoke test of the whole path."""
+  config.train.update(steps=20, warmup_steps=2, log_every=5, checkpoint_every=10)
+  config.eval.update(every_steps=10, num_batches=1, batch_size=32)
+
+
 def load_module(path: str):
   """The experiment module at `path` (a config file), for tools that call its get_config."""
   spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)

@@ -33,11 +33,5 @@ def get_config(arg=None):
     config.eval.splits = {'in_distribution': '1-48', 'longer': '49-96'}
 
   if args.quick:
-    config.train.steps = 20
-    config.train.warmup_steps = 2
-    config.train.log_every = 5
-    config.train.checkpoint_every = 10
-    config.eval.every_steps = 10
-    config.eval.num_batches = 1
-    config.eval.batch_size = 32
+    common.make_quick(config)
   return config
