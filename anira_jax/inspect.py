@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import logging
 import pathlib
 from collections.abc import Iterable, Sequence
 
@@ -379,7 +380,13 @@ def load(path: str | pathlib.Path, step: int | None = None,
   if step is not None and path_step is not None and step != path_step:
     raise CheckpointError(f'{path} is checkpoint step {path_step}, but step={step} was asked for')
   step = path_step if step is None else step
-  mngr = checkpoint.manager(workdir, read_only=True)
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # orbax warns that read-only ignores the keep policy
+  try:
+    mngr = checkpoint.manager(workdir, read_only=True)
+  finally:
+    absl_logger.setLevel(level)
   steps = sorted(mngr.all_steps())
   if not steps:
     raise CheckpointError(f'{mngr.directory} holds no complete checkpoint; expected step '

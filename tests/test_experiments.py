@@ -120,3 +120,17 @@ def test_one_train_step_has_finite_loss(module):
   state, metrics = train_step(state, evaluation.device_batch(stream.batch(0)))
   assert np.isfinite(float(metrics['loss']))
   assert int(state.step) == 1 and int(state.skipped_steps) == 0
+
+
+@pytest.mark.parametrize('name', ['mano', 'brevo', 'clrs', 'lano'])
+def test_held_out_sizes_never_appear_in_the_training_stream(name):
+  config = {'mano': mano, 'brevo': brevo, 'clrs': clrs, 'lano': lano}[name].get_config()
+  held_out = set(config_lib.parse_sizes(config.task.holdout_sizes))
+  assert held_out, f'{name} has no held-out size'
+  task = tasks.make(config.task.name, **config.task.options.to_dict())
+  stream = tasks.Stream(task, config_lib.train_sizes(config), 64, seed=0)
+  seen = set()
+  for step in range(5):
+    seen.update(stream.batch(step)['size'].tolist())
+  assert not seen & held_out
+  assert seen == set(config_lib.train_sizes(config))

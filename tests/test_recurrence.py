@@ -132,8 +132,8 @@ def test_frozen_token_equals_a_model_run_for_exactly_its_depth():
                                ref.trajectory.state_BxLxD[0, position], atol=1e-5)
 
 
-@pytest.mark.parametrize('name', ALL_DECIDERS)
-@pytest.mark.parametrize('position', ['rope', 'learned', 'sinusoidal', 'none'])
+@pytest.mark.parametrize('name,position', [(name, 'rope') for name in ALL_DECIDERS] + [
+    ('fixed', 'learned'), ('fixed', 'sinusoidal'), ('early', 'none'), ('online', 'sinusoidal')])
 def test_changing_a_later_token_never_changes_an_earlier_output(name, position):
   anira, params, tokens, complexity = _setup(name, position=position)
   params = _spread_halting(anira, params)

@@ -26,29 +26,30 @@ def depth_heatmap(trace: Trace, decode: Callable[[Sequence[int]], list[str]], pa
                   num_sequences: int = 4, max_tokens: int = 48, title: str = '') -> pathlib.Path:
   """Executed depth of every token of the first sequences, with the tokens written in the cells.
 
-  Each row shows the last `max_tokens` real tokens of one sequence; answer tokens are bold.
+  Rows are `num_sequences` sequences spread evenly over the batch's lengths, shortest first;
+  each shows its last `max_tokens` real tokens. Answer tokens are bold.
   """
-  rows = min(num_sequences, trace.batch_size)
-  windows = []
-  for b in range(rows):
-    end = int(trace.real[b].sum())
-    windows.append(range(max(0, end - max_tokens), end))
+  lengths = trace.real.sum(-1)
+  order = np.argsort(lengths, kind='stable')
+  picks = order[np.unique(np.linspace(0, len(order) - 1, num_sequences).round().astype(int))]
+  rows = len(picks)
+  windows = [range(max(0, int(lengths[b]) - max_tokens), int(lengths[b])) for b in picks]
   width = max((len(w) for w in windows), default=1)
   grid = np.full((rows, width), np.nan)
   fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * width), 0.7 * rows + 1.4))
-  for r, window in enumerate(windows):
-    grid[r, :len(window)] = trace.depth[r, list(window)]
+  for r, (b, window) in enumerate(zip(picks, windows)):
+    grid[r, :len(window)] = trace.depth[b, list(window)]
   image = ax.imshow(np.ma.masked_invalid(grid), cmap='viridis', aspect='auto', vmin=1,
                     vmax=trace.max_depth)
-  for r, window in enumerate(windows):
-    text = decode(trace.tokens[r, list(window)])
+  for r, (b, window) in enumerate(zip(picks, windows)):
+    text = decode(trace.tokens[b, list(window)])
     for c, pos in enumerate(window):
-      answer = trace.loss_mask is not None and trace.loss_mask[r, pos]
+      answer = trace.loss_mask is not None and trace.loss_mask[b, pos]
       ax.text(c, r, text[c], ha='center', va='center', fontsize=6,
               color='white' if grid[r, c] < (1 + trace.max_depth) / 2 else 'black',
               fontweight='bold' if answer else 'normal')
-  ax.set_yticks(range(rows), [f'seq {r}' + (f' (size {trace.size[r]})' if trace.size is not None
-                                            else '') for r in range(rows)], fontsize=7)
+  ax.set_yticks(range(rows), [f'seq {b}' + (f' (size {trace.size[b]})' if trace.size is not None
+                                            else '') for b in picks], fontsize=7)
   ax.set_xticks([])
   ax.set_xlabel('position (last tokens of each sequence; answer tokens bold)')
   fig.colorbar(image, ax=ax, label='executed depth', fraction=0.03)

@@ -1,0 +1,291 @@
+"""Compacted inference: each iteration computes only the tokens that need it (DESIGN §4).
+
+The masked inference loop (`recurrence.loop`) runs the core on every token at every iteration
+and keeps the new state only where the decider says "run". Here each iteration instead gathers
+the tokens that must be computed into a buffer of static size S (a *bucket*), runs the core's
+layers on that buffer with their queries attending over a per-token key/value cache of the
+whole sequence (causal by original position), and scatters the new states back. Work per
+iteration is ∝ S, so a batch whose tokens mostly exit early costs ∝ Σ d_i, not n · max d.
+Logits, depths and q equal the masked path's (tested for every decider).
+
+What must be computed at iteration t. The masked path defines a frozen token's keys/values as
+those of its frozen state *at iteration t*; this module reproduces that exactly:
+- `active`: real (non-padding) tokens the decider runs at t. Their states change.
+- layer-1 keys/values are a function of the token's own state alone, so they are cached and
+  recomputed only for `dirty` tokens, whose state changed in iteration t-1 (a token that just
+  froze gets the keys/values of its final state once, by a cheap keys/values-only pass).
+- with `core_layers` > 1 the keys/values of layer 2.. of a frozen token j depend on what its
+  layer-1 query read, i.e. on every token k <= j. They are stale whenever some k <= j changed
+  state, so those frozen tokens are recomputed too (their state is not updated): the compute
+  set is `active | (valid & cumulative-or of dirty along the sequence)`. Exact, but a
+  multi-layer core saves work only where the still-running tokens are late in the sequence.
+- with an iteration embedding (or the `standard` unshared core), every frozen token's layer-1
+  keys/values change each iteration (x = h + h0 + e_t); they are re-projected each iteration
+  (keys/values only, ~1/6 of a block) and, with more than one layer, the whole sequence is
+  recomputed, i.e. the dense path.
+
+Buckets and the dense fall-back. The compute set's size per row is known only on device (for
+online deciders it shrinks as tokens halt), so the whole recurrence is one `lax.while_loop`
+whose body picks, with `lax.switch`, among precompiled steps: one per bucket size S (a
+geometric ladder, growth 1.25, multiples of 8) and a dense step (the ordinary full-sequence
+block) used when the largest row's compute set exceeds `dense_fraction` of the length. Nothing
+recompiles across batches of one shape, and there is no host round trip per iteration. The
+keys/values-only refresh picks its own bucket the same way (power-of-two ladder). A batch in
+which no token halts therefore runs the dense step every iteration: the fixed-depth loop plus
+bookkeeping.
+
+Buffers hold one row's tokens (S = the batch-wide maximum over rows, so rows whose counts
+differ waste slots); queries attend over all L cached keys of their row.
+
+Padding (token id 0) is never computed and its keys are zeros: it must trail the real tokens
+(every task here right-pads), and padding positions' logits and depths are meaningless, as in
+the masked loop.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from anira_jax import deciders, recurrence
+from anira_jax.anira import Anira
+from anira_jax.model import layers
+
+
+class Work(NamedTuple):
+  """What the compacted recurrence executed (int32 scalars), for benchmarks and checks."""
+
+  dense_iterations: jax.Array  # iterations run by the dense step
+  compacted_iterations: jax.Array  # iterations run on a gathered bucket
+  token_slots: jax.Array  # Σ over iterations of B · buffer size (B · L for a dense iteration)
+  refresh_slots: jax.Array  # Σ of B · buffer size of the keys/values-only refreshes
+
+
+class CompactedOutput(NamedTuple):
+  """`anira.Output` plus what was executed."""
+
+  logits_BxLxV: jax.Array
+  trajectory: recurrence.Trajectory
+  work: Work
+
+
+def bucket_sizes(length: int, *, dense_fraction: float = 0.75, min_size: int = 16,
+                 growth: float = 1.25) -> tuple[int, ...]:
+  """Static buffer sizes for a sequence of `length`: a geometric ladder up to the dense
+  threshold, each a multiple of 8 (of 1 for short sequences). Counts above the last use the
+  dense step; with growth g a buffer wastes at most 1 − 1/g of its slots."""
+  granule = 8 if length >= 64 else 1
+  limit = int(dense_fraction * length)
+  sizes, s = set(), float(min(min_size, limit))
+  while s <= limit and s >= 1:
+    sizes.add(min(limit, int(-(-np.ceil(s) // granule) * granule)))
+    s *= growth
+  return tuple(sorted(x for x in sizes if x >= 1))
+
+
+def _refresh_sizes(buckets: Sequence[int]) -> tuple[int, ...]:
+  """Coarser (power-of-two) sizes for the cheap keys/values-only pass, within the buckets."""
+  if not buckets:
+    return ()
+  sizes, s = [], buckets[0]
+  while s < buckets[-1]:
+    sizes.append(s)
+    s *= 2
+  return tuple(sizes) + (buckets[-1],)
+
+
+def _indices(mask_BxL: jax.Array, size: int) -> jax.Array:
+  """Positions of the True entries of each row, in order, padded to `size` with distinct
+  out-of-range positions L, L+1, ... (dropped by scatters, clipped by gathers)."""
+  batch, length = mask_BxL.shape
+  slot_BxL = jnp.where(mask_BxL, jnp.cumsum(mask_BxL, axis=1, dtype=jnp.int32) - 1, size)
+  rows_BxL = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, length))
+  fill_BxS = jnp.broadcast_to(length + jnp.arange(size, dtype=jnp.int32)[None], (batch, size))
+  positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (batch, length))
+  return fill_BxS.at[rows_BxL, slot_BxL].set(positions_BxL, mode='drop')
+
+
+def _gather(x_BxLx, idx_BxS):
+  """x[b, idx[b, s]] with out-of-range positions clipped (their results are never kept)."""
+  idx_BxS = jnp.minimum(idx_BxS, x_BxLx.shape[1] - 1)
+  idx = idx_BxS.reshape(idx_BxS.shape + (1,) * (x_BxLx.ndim - 2))
+  return jnp.take_along_axis(x_BxLx, idx, axis=1)
+
+
+def _scatter(x_BxLx, idx_BxS, values_BxSx):
+  """x with x[b, idx[b, s]] = values[b, s]; out-of-range positions are dropped."""
+  rows_BxS = jnp.broadcast_to(jnp.arange(idx_BxS.shape[0])[:, None], idx_BxS.shape)
+  return x_BxLx.at[rows_BxS, idx_BxS].set(values_BxSx.astype(x_BxLx.dtype), mode='drop',
+                                          unique_indices=True)
+
+
+def _switch_index(count: jax.Array, sizes: Sequence[int]) -> jax.Array:
+  """Index of the first size >= count; len(sizes) (the dense branch) if there is none."""
+  return jnp.searchsorted(jnp.asarray(sizes, jnp.int32), count, side='left').astype(jnp.int32)
+
+
+class _Carry(NamedTuple):
+  t: jax.Array
+  h_BxLxD: jax.Array
+  state: dict
+  depth_BxL: jax.Array
+  dirty_BxL: jax.Array  # layer-1 keys/values in the cache are stale (the state changed)
+  k_cache: tuple  # per core layer [B, L, H, K]: every token's key as of its current inputs
+  v_cache: tuple
+  work: Work
+
+
+def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: deciders.Context,
+                   valid_BxL: jax.Array, *, buckets: Sequence[int],
+                   ) -> tuple[recurrence.Trajectory, Work]:
+  """The inference recurrence of `recurrence.loop`, compacted. Same decider protocol:
+  start, then per iteration runs → core (on the compute set) → observe(full h), then finish."""
+  net, decider, cfg = anira.network, anira.decider, anira.model_cfg
+  batch, length, _ = h0_BxLxD.shape
+  positions_L = jnp.arange(length)
+  cache_dtype = jnp.dtype(cfg.dtype)
+  kv_shape = (batch, length, cfg.num_heads, cfg.head_dim)
+  stale_every_iteration = cfg.iteration_embedding or cfg.kind == 'standard'
+  refresh_buckets = _refresh_sizes(buckets)
+
+  def dense_step(t, active_BxL, h_BxLxD, k_cache, v_cache):
+    """The full-sequence core (Block.__call__ in pieces), caching every layer's keys/values."""
+    x_BxLxD = x0_BxLxD = net.core_input(params['model'], h_BxLxD, h0_BxLxD, t)
+    k_cache, v_cache = list(k_cache), list(v_cache)
+    for i, block in enumerate(net.core_blocks(params['model'], t)):
+      q, k, v = layers.project(cfg, block, x_BxLxD, positions_L)
+      k_cache[i], v_cache[i] = k.astype(cache_dtype), v.astype(cache_dtype)
+      attn = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+      x_BxLxD = layers.update(cfg, block, x_BxLxD, attn)
+    h_new_BxLxD = h_BxLxD + (x_BxLxD - x0_BxLxD)
+    h_BxLxD = jnp.where(active_BxL[..., None], h_new_BxLxD, h_BxLxD)
+    return h_BxLxD, tuple(k_cache), tuple(v_cache)
+
+  def compact_step(size, t, compute_BxL, active_BxL, h_BxLxD, k_cache, v_cache):
+    """The core on the compute set gathered into [B, size]; only active tokens keep results."""
+    idx_BxS = _indices(compute_BxL, size)
+    pos_BxS = jnp.minimum(idx_BxS, length - 1)
+    h_BxSxD = _gather(h_BxLxD, idx_BxS)
+    x_BxSxD = x0_BxSxD = net.core_input(params['model'], h_BxSxD, _gather(h0_BxLxD, idx_BxS), t)
+    k_cache, v_cache = list(k_cache), list(v_cache)
+    for i, block in enumerate(net.core_blocks(params['model'], t)):
+      q, k, v = layers.project(cfg, block, x_BxSxD, pos_BxS)
+      k_cache[i] = _scatter(k_cache[i], idx_BxS, k)
+      v_cache[i] = _scatter(v_cache[i], idx_BxS, v)
+      attn = layers.attend(q, k_cache[i], v_cache[i], pos_BxS, positions_L)
+      x_BxSxD = layers.update(cfg, block, x_BxSxD, attn)
+    keep_BxS = jnp.where(_gather(active_BxL, idx_BxS) & (idx_BxS < length), idx_BxS,
+                         idx_BxS + length)  # distinct and out of range: dropped
+    h_BxLxD = _scatter(h_BxLxD, keep_BxS, h_BxSxD + (x_BxSxD - x0_BxSxD))
+    return h_BxLxD, tuple(k_cache), tuple(v_cache)
+
+  def refresh_step(size, t, refresh_BxL, h_BxLxD, k_cache, v_cache):
+    """Layer-1 keys/values of the refresh set from the tokens' current states."""
+    block = net.core_blocks(params['model'], t)[0]
+    if size is None:  # everything: cheaper than a gather when most tokens are stale
+      x_BxLxD = net.core_input(params['model'], h_BxLxD, h0_BxLxD, t)
+      k, v = layers.keys_values(cfg, block, x_BxLxD, positions_L)
+      k_new, v_new = k.astype(cache_dtype), v.astype(cache_dtype)
+    else:
+      idx_BxS = _indices(refresh_BxL, size)
+      x_BxSxD = net.core_input(params['model'], _gather(h_BxLxD, idx_BxS),
+                               _gather(h0_BxLxD, idx_BxS), t)
+      k, v = layers.keys_values(cfg, block, x_BxSxD, jnp.minimum(idx_BxS, length - 1))
+      k_new, v_new = _scatter(k_cache[0], idx_BxS, k), _scatter(v_cache[0], idx_BxS, v)
+    return (k_new,) + tuple(k_cache[1:]), (v_new,) + tuple(v_cache[1:])
+
+  def body(carry: _Carry) -> _Carry:
+    t = carry.t + 1
+    active_BxL = (decider.runs(carry.state, t) > 0.5) & valid_BxL
+    if cfg.core_layers > 1:
+      stale_prefix_BxL = jnp.cumsum(carry.dirty_BxL, axis=1, dtype=jnp.int32) > 0
+      compute_BxL = active_BxL | (stale_prefix_BxL & valid_BxL)
+    else:
+      compute_BxL = active_BxL
+    count = jnp.max(jnp.sum(compute_BxL, axis=1, dtype=jnp.int32))
+    main = _switch_index(count, buckets)
+    dense = main == len(buckets)
+
+    # Layer-1 keys/values of tokens that changed but are not computed now (they just froze).
+    refresh_BxL = carry.dirty_BxL & ~compute_BxL
+    refresh_count = jnp.max(jnp.sum(refresh_BxL, axis=1, dtype=jnp.int32))
+    which = jnp.where(dense | (refresh_count == 0), 0,
+                      1 + _switch_index(refresh_count, refresh_buckets))
+    refreshes = [lambda t, r, h, k, v: (k, v)]
+    refreshes += [lambda t, r, h, k, v, s=s: refresh_step(s, t, r, h, k, v)
+                  for s in (*refresh_buckets, None)]
+    k_cache, v_cache = jax.lax.switch(which, refreshes, t, refresh_BxL, carry.h_BxLxD,
+                                      carry.k_cache, carry.v_cache)
+
+    steps = [lambda t, c, a, h, k, v, s=s: compact_step(s, t, c, a, h, k, v) for s in buckets]
+    steps += [lambda t, c, a, h, k, v: dense_step(t, a, h, k, v)]
+    h_BxLxD, k_cache, v_cache = jax.lax.switch(
+        main, steps, t, compute_BxL, active_BxL, carry.h_BxLxD, k_cache, v_cache)
+
+    state = decider.observe(params['decider'], carry.state, h_BxLxD, t)
+    sizes = jnp.asarray((*buckets, length), jnp.int32)
+    refresh_sizes = jnp.asarray((0, *refresh_buckets, length), jnp.int32)
+    work = Work(carry.work.dense_iterations + dense.astype(jnp.int32),
+                carry.work.compacted_iterations + (~dense).astype(jnp.int32),
+                carry.work.token_slots + batch * sizes[main],
+                carry.work.refresh_slots + batch * refresh_sizes[which])
+    dirty_BxL = valid_BxL if stale_every_iteration else active_BxL
+    return _Carry(t, h_BxLxD, state, carry.depth_BxL + active_BxL.astype(jnp.int32), dirty_BxL,
+                  k_cache, v_cache, work)
+
+  def more(carry: _Carry):
+    next_runs = decider.runs(carry.state, jnp.minimum(carry.t + 1, ctx.max_depth)) > 0.5
+    return (carry.t < ctx.max_depth) & jnp.any(next_runs & valid_BxL)
+
+  zeros = lambda: tuple(jnp.zeros(kv_shape, cache_dtype) for _ in range(cfg.core_layers))
+  zero = jnp.int32(0)
+  init = _Carry(zero, h0_BxLxD, decider.start(params['decider'], h0_BxLxD, ctx),
+                jnp.zeros((batch, length), jnp.int32), valid_BxL, zeros(), zeros(),
+                Work(zero, zero, zero, zero))
+  carry = jax.lax.while_loop(more, body, init)
+  decision = decider.finish(params['decider'], carry.state, carry.h_BxLxD, carry.t,
+                            carry.depth_BxL)
+  readout = carry.h_BxLxD if decision.readout_BxLxD is None else decision.readout_BxLxD
+  trajectory = recurrence.Trajectory(readout, carry.depth_BxL, decision, carry.t, None)
+  return trajectory, carry.work
+
+
+def run_compacted(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
+                  complexity_BxL: jax.Array | None = None, max_depth: int | None = None,
+                  buckets: Sequence[int] | None = None,
+                  dense_fraction: float = 0.75) -> CompactedOutput:
+  """Inference (train=False) logits and trajectory of `anira.apply(..., path='loop')`, computed
+  with compaction. Jittable; one compilation per (batch, length) shape.
+
+  Args:
+    anira: the model.
+    params: {'model', 'decider'} as for `Anira.apply`.
+    tokens_BxL: int token ids, right-padded with 0.
+    complexity_BxL: the task annotation, for the oracle decider.
+    max_depth: T at evaluation (the trained D by default).
+    buckets: static buffer sizes (ascending); a compute set larger than the last runs the
+      dense step. Default: `bucket_sizes(L, dense_fraction=dense_fraction)`.
+    dense_fraction: where the default ladder ends and the dense step takes over.
+
+  Returns:
+    CompactedOutput(logits_BxLxV, trajectory, work). Depths of padding positions are 0.
+  """
+  cfg = anira.model_cfg
+  max_depth = max_depth or cfg.max_depth
+  if cfg.kind == 'standard' and max_depth != cfg.max_depth:
+    raise ValueError('a standard (unshared) model has exactly max_depth layers; '
+                     f'it cannot run {max_depth}')
+  length = tokens_BxL.shape[1]
+  if buckets is None:
+    buckets = bucket_sizes(length, dense_fraction=dense_fraction)
+  buckets = tuple(sorted({int(s) for s in buckets if 1 <= s < length}))
+  ctx = deciders.Context(train=False, key=None, max_depth=max_depth,
+                         complexity_BxL=complexity_BxL if anira.decider.reads_complexity else None)
+  h0_BxLxD = anira.network.embed(params['model'], tokens_BxL)
+  trajectory, work = compacted_loop(anira, params, h0_BxLxD, ctx, tokens_BxL != 0,
+                                    buckets=buckets)
+  logits_BxLxV = anira.network.readout(params['model'], trajectory.state_BxLxD)
+  return CompactedOutput(logits_BxLxV, trajectory, work)

@@ -1,0 +1,94 @@
+"""Data speed: examples/s each task's stream generates, next to what its train step consumes.
+
+    python -m benchmarks.data            # every experiment's CPU default
+    python -m benchmarks.data --steps=5  # fewer timed steps
+
+For each experiment config it times (a) `Stream.batch` at the training sizes and at the largest
+size the config evaluates, and (b) the jitted train step on that config, in one run, then prints
+the ratio generation / consumption. Generation runs in a background thread during training
+(`loop._prefetch`), so a ratio above 1 means training never waits for data; one generator
+thread serves one process. Figures are also written to benchmarks/data.json.
+"""
+
+import functools
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+import tasks
+from anira_jax import config as config_lib
+from anira_jax import evaluation
+from anira_jax.training import loop
+from anira_jax.training import state as state_lib
+from anira_jax.training import step as step_lib
+from experiments import common
+
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed repetitions of each measurement.')
+_CONFIGS = flags.DEFINE_list('configs', ['parity', 'mano', 'brevo', 'clrs', 'lano'],
+                             'Experiment names under experiments/.')
+_OUT = flags.DEFINE_string('out', 'benchmarks/data.json', 'Where to write the figures.')
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  fn()  # warm-up (and compilation)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def measure(name: str, repeats: int) -> dict:
+  config = common.load_module(f'experiments/{name}.py').get_config()
+  task, anira = loop.build(config)
+  batch_size = config.train.batch_size
+  train_sizes = config_lib.train_sizes(config)
+  largest = max(max(s) for s in config_lib.eval_splits(config).values())
+  stream = tasks.Stream(task, train_sizes, batch_size, seed=0)
+  big = tasks.Stream(task, (largest,), batch_size, seed=0)
+  counter = iter(range(10**9))
+  gen_train = _median_seconds(lambda: stream.batch(next(counter)), repeats)
+  gen_largest = _median_seconds(lambda: big.batch(next(counter)), repeats)
+
+  tx = state_lib.make_optimizer(config.train)
+  state = state_lib.create(anira, tx, jax.random.key(0))
+  train_step = jax.jit(functools.partial(step_lib.train_step, anira=anira, tx=tx,
+                                         key=jax.random.key(1)))
+  batch = jax.device_put(evaluation.device_batch(stream.batch(0)))
+  holder = {'state': state}
+
+  def one_step():
+    holder['state'], metrics = train_step(holder['state'], batch)
+    return metrics['loss']
+
+  step_seconds = _median_seconds(one_step, repeats)
+  return {
+      'batch_size': batch_size,
+      'train_sizes': [min(train_sizes), max(train_sizes)],
+      'largest_eval_size': largest,
+      'generated_examples_per_s_train_sizes': batch_size / gen_train,
+      'generated_examples_per_s_largest_size': batch_size / gen_largest,
+      'consumed_examples_per_s': batch_size / step_seconds,
+      'headroom': step_seconds / gen_train,
+  }
+
+
+def main(argv):
+  del argv
+  results = {name: measure(name, _STEPS.value) for name in _CONFIGS.value}
+  print(f'{"config":<8}{"gen ex/s (train)":>18}{"gen ex/s (largest)":>20}'
+        f'{"step ex/s":>11}{"headroom":>10}')
+  for name, r in results.items():
+    print(f'{name:<8}{r["generated_examples_per_s_train_sizes"]:>18.0f}'
+          f'{r["generated_examples_per_s_largest_size"]:>20.0f}'
+          f'{r["consumed_examples_per_s"]:>11.0f}{r["headroom"]:>9.1f}x')
+  pathlib.Path(_OUT.value).write_text(json.dumps(results, indent=2) + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main)
