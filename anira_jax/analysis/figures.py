@@ -27,7 +27,7 @@ def depth_heatmap(trace: Trace, decode: Callable[[Sequence[int]], list[str]], pa
   """Executed depth of every token of the first sequences, with the tokens written in the cells.
 
   Rows are `num_sequences` sequences spread evenly over the batch's lengths, shortest first;
-  each shows its last `max_tokens` real tokens. Answer tokens are bold.
+  each shows its last `max_tokens` real tokens, right-aligned. Answer tokens are bold.
   """
   lengths = trace.real.sum(-1)
   order = np.argsort(lengths, kind='stable')
@@ -37,21 +37,23 @@ def depth_heatmap(trace: Trace, decode: Callable[[Sequence[int]], list[str]], pa
   width = max((len(w) for w in windows), default=1)
   grid = np.full((rows, width), np.nan)
   fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * width), 0.7 * rows + 1.4))
+  offsets = [width - len(w) for w in windows]  # right-aligned: sequence ends line up
   for r, (b, window) in enumerate(zip(picks, windows)):
-    grid[r, :len(window)] = trace.depth[b, list(window)]
+    grid[r, offsets[r]:] = trace.depth[b, list(window)]
   image = ax.imshow(np.ma.masked_invalid(grid), cmap='viridis', aspect='auto', vmin=1,
                     vmax=trace.max_depth)
   for r, (b, window) in enumerate(zip(picks, windows)):
     text = decode(trace.tokens[b, list(window)])
     for c, pos in enumerate(window):
       answer = trace.loss_mask is not None and trace.loss_mask[b, pos]
-      ax.text(c, r, text[c], ha='center', va='center', fontsize=6,
-              color='white' if grid[r, c] < (1 + trace.max_depth) / 2 else 'black',
+      col = offsets[r] + c
+      ax.text(col, r, text[c], ha='center', va='center', fontsize=6,
+              color='white' if grid[r, col] < (1 + trace.max_depth) / 2 else 'black',
               fontweight='bold' if answer else 'normal')
   ax.set_yticks(range(rows), [f'seq {b}' + (f' (size {trace.size[b]})' if trace.size is not None
                                             else '') for b in picks], fontsize=7)
   ax.set_xticks([])
-  ax.set_xlabel('position (last tokens of each sequence; answer tokens bold)')
+  ax.set_xlabel('last tokens of each sequence (answer tokens bold)')
   fig.colorbar(image, ax=ax, label='executed depth', fraction=0.03)
   ax.set_title(title or 'executed depth per token')
   return _save(fig, path)

@@ -129,7 +129,9 @@ def analyze(workdir, out_dir=None, *, step: int | None = None, num_batches: int 
   if task_name in TIMING_TASKS:
     result['timing'] = timing.decision_timing(pooled, n_boot=n_boot, seed=seed)
 
-  first = splits[0]
+  # The split nearest the training distribution: the most training sizes, then config order.
+  train = set(config_lib.train_sizes(config))
+  first = max(splits, key=lambda n: (len(train & set(run.sizes(n))), -splits.index(n)))
   if run.rule is not None:
     rule_traces = {'mode': run.trace_split(first, rule='mode', **counts),
                    'median': run.trace_split(first, rule='median', **counts)}

@@ -35,15 +35,17 @@ def dummies(values: np.ndarray) -> np.ndarray:
 
 def _standardized(columns: Sequence[np.ndarray], n: int) -> np.ndarray:
   """Columns scaled to unit variance; constant ones are dropped (the intercept holds them)."""
-  kept = [(c - c.mean()) / c.std() for c in columns if c.std() > 0]
+  kept = [(c - c.mean()) / c.std() for c in columns if n and c.std() > 0]
   return np.stack(kept, 1) if kept else np.zeros((n, 0))
 
 
 def r2(y: np.ndarray, x: np.ndarray) -> float | None:
   """R² of the least-squares fit of y on [1, x]; None when y is constant."""
   y = np.asarray(y, np.float64)
+  if len(y) < 2:
+    return None
   total = np.sum((y - y.mean()) ** 2)
-  if len(y) < 2 or total <= 1e-12 * max(1.0, float(np.sum(y ** 2))):
+  if total <= 1e-12 * max(1.0, float(np.sum(y ** 2))):
     return None
   design = np.concatenate([np.ones((len(y), 1)), x], 1)
   coef, *_ = np.linalg.lstsq(design, y, rcond=None)

@@ -60,8 +60,10 @@ class Online(base.Decider):
 
   def runs(self, state, t):
     survival = state['survival']
-    # Parenthesised so the forward value is exactly 0 or 1.
-    return (~state['halted']).astype(jnp.float32) + (survival - jax.lax.stop_gradient(survival))
+    # Parenthesised so the forward value is exactly 0 or 1. Without halting (PonderNet's
+    # training) there is no decision to learn through, so no straight-through path either.
+    straight_through = jnp.where(state['halts'], survival - jax.lax.stop_gradient(survival), 0.0)
+    return (~state['halted']).astype(jnp.float32) + straight_through
 
   def observe(self, params, state, h_BxLxD, t):
     max_depth = state['lam'].shape[-1]

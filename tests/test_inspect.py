@@ -1,0 +1,192 @@
+"""Inspection: load -> trace round trip on checkpoints of short training runs (every decider),
+rules and depths at evaluation, the analyze entry point, and one-line errors for bad paths."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import matplotlib.image
+import numpy as np
+import pytest
+from conftest import ALL_DECIDERS
+from test_train import small_config
+
+from anira_jax import evaluation, inspect
+from anira_jax.analysis import run as analysis_run
+from anira_jax.deciders import base
+from anira_jax.training import checkpoint, loop
+from anira_jax.training import step as step_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+D = 3
+
+
+def tiny_config(decider: str):
+  config = small_config(steps=2, checkpoint_every=2, log_every=1, warmup_steps=1)
+  config.model.update(width=16, mlp_ratio=2, max_depth=D)
+  config.train.batch_size = 8
+  config.eval.update(batch_size=16, num_batches=1)
+  config.eval.splits = {'in_distribution': '1-4', 'longer': '5-6'}
+  # No deep start: untrained heads then give tokens different depths, so equal depths mean
+  # something.
+  config.decider.update(name=decider, init_depth_bias=0.0, head_hidden=8)
+  return config
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """decider -> workdir of a 2-step training run (trained once per module, on first use)."""
+  runs = {}
+
+  def get(decider):
+    if decider not in runs:
+      workdir = tmp_path_factory.mktemp(decider)
+      loop.train_and_evaluate(tiny_config(decider), workdir)
+      runs[decider] = workdir
+    return runs[decider]
+
+  return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('decider', ALL_DECIDERS)
+def test_load_trace_round_trip_matches_evaluation(trained, decider):
+  workdir = trained(decider)
+  run = inspect.load(workdir)
+  assert run.step == 2 and run.config.decider.name == decider and run.max_depth == D
+  batch = run.batches('in_distribution')[0]
+  tr = run.trace(batch, states=True)
+  ev = jax.device_get(jax.jit(lambda p, b: step_lib.eval_step(p, b, anira=run.anira))(
+      run.params, evaluation.device_batch(batch)))
+  np.testing.assert_array_equal(tr.depth, ev['depth'])
+  np.testing.assert_allclose(tr.expected_depth, ev['expected_depth'], rtol=1e-6)
+  np.testing.assert_array_equal(tr.correct, ev['correct'])
+  if decider in ('early', 'online', 'ponder'):
+    assert len(np.unique(tr.depth[tr.answer_mask])) > 1, 'depths do not vary: test too weak'
+
+  b, length = batch['tokens'].shape
+  assert tr.q.shape == tr.halting.shape == (b, length, D)
+  assert tr.readout_confidence.shape == tr.readout_prediction.shape == (D, b, length)
+  assert tr.states.shape == (D, b, length, 16)
+  real = tr.real
+  np.testing.assert_allclose(tr.q.sum(-1)[real], 1.0, rtol=1e-5)
+  np.testing.assert_allclose(tr.expected_depth, (tr.q * np.arange(1, D + 1)).sum(-1), rtol=1e-5)
+  assert np.all((tr.readout_confidence > 0) & (tr.readout_confidence <= 1 + 1e-6))
+  if decider != 'act':  # ACT reads out a mixture of states, not the last one
+    np.testing.assert_array_equal(tr.readout_prediction[-1][real], tr.prediction[real])
+  if decider in ('online', 'ponder'):
+    np.testing.assert_allclose(base.halting_distribution(tr.halting), tr.q, atol=1e-6)
+  elif decider == 'act':
+    ran = np.arange(1, D + 1) <= tr.depth[..., None]
+    assert np.isfinite(tr.halting[ran]).all() and np.isnan(tr.halting[~ran]).all()
+  else:
+    assert np.isnan(tr.halting).all()
+
+  # The stored results are reproduced exactly from the checkpoint.
+  saved = json.loads((workdir / 'results.json').read_text())
+  assert json.loads(json.dumps(run.results())) == saved
+
+
+def test_load_accepts_checkpoint_dirs_and_steps(trained):
+  workdir = trained('fixed')
+  assert inspect.load(workdir / 'checkpoints').step == 2
+  assert inspect.load(workdir / 'checkpoints' / '2').step == 2
+  assert inspect.load(workdir, step=2).step == 2
+  with pytest.raises(checkpoint.CheckpointError, match=r'has no checkpoint step 7; it has \[2\]'):
+    inspect.load(workdir, step=7)
+
+
+def test_rules_depths_and_tokens_at_evaluation(trained):
+  run = inspect.load(trained('online'))
+  low = run.evaluate('in_distribution', rule='threshold', threshold=0.05)
+  high = run.evaluate('in_distribution', rule='threshold', threshold=0.95)
+  assert low['mean_depth'] < high['mean_depth']
+  saved = json.loads((run.workdir / 'results.json').read_text())['splits']['in_distribution']
+  assert json.loads(json.dumps(run.evaluate('in_distribution'))) == saved
+  raised = run.trace(run.batches('longer')[0], max_depth=D + 2)
+  assert raised.q.shape[-1] == D + 2 and raised.max_depth == D + 2
+  custom = run.evaluate('7-8', max_depth=D + 2, num_batches=1, batch_size=4)
+  assert custom['sizes'] == [7, 8] and custom['examples'] == 4
+
+  batch = run.batches('in_distribution')[0]
+  n = int(batch['tokens'][0].astype(bool).sum())
+  text = ' '.join(run.decode(batch['tokens'][0, :n]))
+  from_text = run.trace(text)
+  np.testing.assert_array_equal(from_text.depth[0], run.trace(batch).depth[0, :n])
+  assert from_text.correct is None
+  with pytest.raises(ValueError, match='not in the parity vocabulary'):
+    run.trace('0 1 7')
+  with pytest.raises(ValueError, match='no inference rule'):
+    inspect.load(trained('fixed')).evaluate('longer', rule='mode')
+
+
+def _valid_png(path):
+  assert path.read_bytes().startswith(b'\x89PNG\r\n\x1a\n')
+  assert matplotlib.image.imread(path).shape[0] > 100
+
+
+def test_analyze_writes_json_figures_and_summary(trained, tmp_path):
+  workdir = trained('online')
+  result = analysis_run.analyze(workdir, tmp_path, thresholds=(0.3,), n_boot=10)
+  saved = json.loads((tmp_path / 'analysis.json').read_text())
+  assert saved == result
+  assert set(saved['generalization']['by_max_depth']) == {str(D), str(2 * D)}
+  assert saved['tradeoff']['applicable'] and set(saved['tradeoff']['points']) == {
+      'mode', 'median', 'threshold=0.3'}
+  assert 'timing' not in saved  # parity has no BREVO features
+  for name in saved['files']:
+    assert (tmp_path / name).exists(), name
+    if name.endswith('.png'):
+      _valid_png(tmp_path / name)
+  assert (tmp_path / 'analysis.md').read_text().startswith('# Analysis: parity')
+
+
+# --- errors -------------------------------------------------------------------------------
+
+def _one_line(excinfo, *fragments):
+  message = str(excinfo.value)
+  assert '\n' not in message, message
+  for fragment in fragments:
+    assert str(fragment) in message, message
+
+
+def test_missing_path_and_plain_directories_give_one_line_errors(tmp_path):
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    inspect.load(tmp_path / 'nowhere')
+  _one_line(e, tmp_path / 'nowhere', 'does not exist', 'expected a training workdir')
+  (tmp_path / 'plain').mkdir()
+  (tmp_path / 'plain' / 'notes.txt').write_text('hello')
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    inspect.load(tmp_path / 'plain')
+  _one_line(e, tmp_path / 'plain', 'is not a workdir', 'checkpoints/')
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    inspect.load(tmp_path / 'plain' / 'notes.txt')
+  _one_line(e, 'notes.txt', 'is a file')
+  (tmp_path / 'empty' / 'checkpoints').mkdir(parents=True)
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    inspect.load(tmp_path / 'empty')
+  _one_line(e, tmp_path / 'empty' / 'checkpoints', 'holds no complete checkpoint')
+
+
+def test_corrupt_checkpoint_gives_one_line_error(trained, tmp_path):
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained('fixed'), workdir)
+  for f in (workdir / 'checkpoints' / '2' / 'state').rglob('*'):
+    if f.is_file():
+      f.write_bytes(b'not a checkpoint')
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    inspect.load(workdir)
+  _one_line(e, workdir / 'checkpoints', 'cannot restore checkpoint step 2', 'corrupt')
+
+
+def test_analyze_command_line_reports_a_bad_workdir(tmp_path):
+  proc = subprocess.run([sys.executable, '-m', 'anira_jax.analysis.run',
+                         f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f'error: {tmp_path} is not a workdir (it has no checkpoints/ directory); '
+      f'{inspect._EXPECTED}')
