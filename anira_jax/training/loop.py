@@ -57,9 +57,14 @@ def eval_sets(config: ml_collections.ConfigDict, task: tasks.Task, workdir: path
   count = config.eval.num_batches
   if config.eval.source == 'tfds':
     from tasks import eval_sets as tfds_sets  # TFDS import is slow; only when asked for
-    builder = tfds_sets.build(config.task.name, config.task.options.to_dict(), splits,
-                              config.seed + EVAL_SEED_OFFSET, count * config.eval.batch_size,
-                              str(config.eval.data_dir or workdir / 'eval_sets'))
+    build = functools.partial(
+        tfds_sets.build, config.task.name, config.task.options.to_dict(), splits,
+        config.seed + EVAL_SEED_OFFSET, count * config.eval.batch_size,
+        str(config.eval.data_dir or workdir / 'eval_sets'))
+    if jax.process_index() == 0:  # one writer; the others then find the set and only read
+      build()
+    multihost_utils.sync_global_devices('anira_jax eval sets built')
+    builder = build()
     return {name: (sizes, functools.partial(tfds_sets.load_batches, builder, name,
                                             config.eval.batch_size))
             for name, sizes in splits.items()}
