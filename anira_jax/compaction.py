@@ -79,11 +79,13 @@ def bucket_sizes(length: int, *, dense_fraction: float = 0.75, min_size: int = 1
   dense step; with growth g a buffer wastes at most 1 − 1/g of its slots."""
   granule = 8 if length >= 64 else 1
   limit = int(dense_fraction * length)
-  sizes, s = set(), float(min(min_size, limit))
-  while s <= limit and s >= 1:
+  if limit < 1:
+    return ()
+  sizes, s = {limit}, float(min(min_size, limit))
+  while s < limit:
     sizes.add(min(limit, int(-(-np.ceil(s) // granule) * granule)))
     s *= growth
-  return tuple(sorted(x for x in sizes if x >= 1))
+  return tuple(sorted(sizes))
 
 
 def _refresh_sizes(buckets: Sequence[int]) -> tuple[int, ...]:

@@ -1,6 +1,6 @@
 """Checkpoint inspection: load a finished (or running) run and look inside its decisions.
 
-    run = inspect.load('workdirs/brevo')            # a workdir, its checkpoints/ or checkpoints/<step>
+    run = inspect.load('workdirs/brevo')  # a workdir, its checkpoints/ or checkpoints/<step>
     tr = run.trace(run.batches('in_distribution')[0])
     tr.depth[0], tr.q[0, 5], tr.halting[0, 5], tr.readout_confidence[:, 0, 5]
     run.evaluate('longer', rule='threshold', threshold=0.3, max_depth=12)   # a results.json split
@@ -67,7 +67,7 @@ class Trace:
   logits: np.ndarray  # [B, L, V] float32: the model's output (what evaluation scores)
   prediction: np.ndarray  # [B, L] int32: argmax of logits
   max_depth: int  # T the pass ran with
-  rule: str | None  # inference rule (online/ponder), None for deciders without one
+  rule: str | None  # online/ponder rule: 'median', 'mode' or 'threshold=p'; else None
   targets: np.ndarray | None = None  # [B, L] int32
   correct: np.ndarray | None = None  # [B, L] bool: prediction == targets
   loss_mask: np.ndarray | None = None  # [B, L] bool: answer tokens
@@ -150,7 +150,8 @@ def _halting_TxBxL(anira: Anira, params: dict, states_TxBxLxD, depth_BxL) -> jax
   return jnp.full(shape, jnp.nan, jnp.float32)
 
 
-def _trace_arrays(params, tokens_BxL, complexity_BxL, *, anira: Anira, max_depth: int) -> dict:
+def _trace_arrays(params, tokens_BxL, complexity_BxL, *, anira: Anira, max_depth: int,
+                  states: bool) -> dict:
   out = anira.apply(params, tokens_BxL, train=False, complexity_BxL=complexity_BxL, path='loop',
                     max_depth=max_depth, collect_states=True)
   traj = out.trajectory
@@ -158,20 +159,22 @@ def _trace_arrays(params, tokens_BxL, complexity_BxL, *, anira: Anira, max_depth
   probs_TxBxLxV = jax.nn.softmax(step_logits_TxBxLxV.astype(jnp.float32), -1)
   q_BxLxT = traj.decision.q_BxLxT
   return {
-      'depth': traj.depth_BxL, 'q': q_BxLxT, 'expected_depth': deciders_base.expected_depth(q_BxLxT),
+      'depth': traj.depth_BxL, 'q': q_BxLxT,
+      'expected_depth': deciders_base.expected_depth(q_BxLxT),
       'halting': jnp.moveaxis(_halting_TxBxL(anira, params, traj.states_TxBxLxD, traj.depth_BxL),
                               0, -1),
       'readout_prediction': jnp.argmax(probs_TxBxLxV, -1).astype(jnp.int32),
       'readout_confidence': jnp.max(probs_TxBxLxV, -1),
       'logits': out.logits_BxLxV.astype(jnp.float32),
       'prediction': jnp.argmax(out.logits_BxLxV, -1).astype(jnp.int32),
-      'states': traj.states_TxBxLxD,
+      **({'states': traj.states_TxBxLxD} if states else {}),
   }
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_trace(anira: Anira, max_depth: int):
-  return jax.jit(functools.partial(_trace_arrays, anira=anira, max_depth=max_depth))
+def _jitted_trace(anira: Anira, max_depth: int, states: bool):
+  return jax.jit(functools.partial(_trace_arrays, anira=anira, max_depth=max_depth,
+                                   states=states))
 
 
 @dataclasses.dataclass
@@ -194,7 +197,15 @@ class Run:
 
   @property
   def rule(self) -> str | None:
-    return self.anira.decider_cfg.rule if self.anira.decider.name in RULE_DECIDERS else None
+    """The trained inference rule ('median', 'mode', 'threshold=p'); None without one."""
+    return self._rule_label(self.anira)
+
+  @staticmethod
+  def _rule_label(anira: Anira) -> str | None:
+    cfg = anira.decider_cfg
+    if cfg.name not in RULE_DECIDERS:
+      return None
+    return f'threshold={cfg.threshold:g}' if cfg.rule == 'threshold' else cfg.rule
 
   def model(self, rule: str | None = None, threshold: float | None = None) -> Anira:
     """The model with its inference rule changed (online/ponder); the trained one by default."""
@@ -243,9 +254,10 @@ class Run:
       name = split_or_sizes
       if batch_size in (None, self.config.eval.batch_size):
         return list(itertools.islice(self._eval_sets()[name][1](), num_batches))
-      sizes, seed = splits[name], self.config.seed + loop.EVAL_SEED_OFFSET + list(splits).index(name)
+      sizes = splits[name]
+      seed = self.config.seed + loop.EVAL_SEED_OFFSET + list(splits).index(name)
     else:
-      sizes = config_lib.parse_sizes(split_or_sizes, 'sizes')
+      sizes = self.sizes(split_or_sizes)
       seed = self.config.seed + loop.EVAL_SEED_OFFSET + CUSTOM_SIZES_SEED_OFFSET
     stream = tasks.Stream(self.task, tuple(sizes), batch_size or self.config.eval.batch_size,
                           seed=seed)
@@ -255,7 +267,11 @@ class Run:
     splits = config_lib.eval_splits(self.config)
     if isinstance(split_or_sizes, str) and split_or_sizes in splits:
       return splits[split_or_sizes]
-    return config_lib.parse_sizes(split_or_sizes, 'sizes')
+    try:
+      return config_lib.parse_sizes(split_or_sizes, 'sizes')
+    except config_lib.ConfigError:
+      raise ValueError(f'{split_or_sizes!r} is neither an evaluation split ({", ".join(splits)}) '
+                       'nor sizes like "1-8,12"') from None
 
   # --- inspection --------------------------------------------------------------------------
   def trace(self, batch_or_tokens, rule: str | None = None, threshold: float | None = None,
@@ -282,14 +298,12 @@ class Run:
       raise ValueError('the oracle decider reads the complexity annotation: trace a batch, '
                        'not bare tokens')
     complexity_BxL = np.asarray(batch.get('complexity', np.zeros(tokens_BxL.shape)), np.float32)
-    out = jax.device_get(_jitted_trace(anira, max_depth)(self.params, tokens_BxL,
-                                                         complexity_BxL))
+    out = jax.device_get(_jitted_trace(anira, max_depth, states)(self.params, tokens_BxL,
+                                                                 complexity_BxL))
     targets = batch.get('targets')
     return Trace(
         tokens=tokens_BxL, max_depth=max_depth,
-        rule=anira.decider_cfg.rule if anira.decider.name in RULE_DECIDERS else None,
-        **{k: np.asarray(v) for k, v in out.items() if k != 'states'},
-        states=np.asarray(out['states']) if states else None,
+        rule=self._rule_label(anira), **{k: np.asarray(v) for k, v in out.items()},
         targets=None if targets is None else np.asarray(targets),
         correct=None if targets is None else out['prediction'] == np.asarray(targets),
         loss_mask=batch.get('loss_mask'),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
@@ -29,7 +30,8 @@ def tiny_config(decider: str):
   config.model.update(width=16, mlp_ratio=2, max_depth=D)
   config.train.batch_size = 8
   config.eval.update(batch_size=16, num_batches=1)
-  config.eval.splits = {'in_distribution': '1-4', 'longer': '5-6'}
+  # One split: every sequence length is one more compilation.
+  config.eval.splits = {'in_distribution': '1-4'}
   # No deep start: untrained heads then give tokens different depths, so equal depths mean
   # something.
   config.decider.update(name=decider, init_depth_bias=0.0, head_hidden=8)
@@ -51,6 +53,14 @@ def trained(tmp_path_factory):
   return get
 
 
+def _assert_same_as_evaluation(tr, anira, params, batch):
+  ev = jax.device_get(jax.jit(lambda p, b: step_lib.eval_step(p, b, anira=anira))(
+      params, evaluation.device_batch(batch)))
+  np.testing.assert_array_equal(tr.depth, ev['depth'])
+  np.testing.assert_allclose(tr.expected_depth, ev['expected_depth'], rtol=1e-6)
+  np.testing.assert_array_equal(tr.correct, ev['correct'])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('decider', ALL_DECIDERS)
 def test_load_trace_round_trip_matches_evaluation(trained, decider):
@@ -59,13 +69,16 @@ def test_load_trace_round_trip_matches_evaluation(trained, decider):
   assert run.step == 2 and run.config.decider.name == decider and run.max_depth == D
   batch = run.batches('in_distribution')[0]
   tr = run.trace(batch, states=True)
-  ev = jax.device_get(jax.jit(lambda p, b: step_lib.eval_step(p, b, anira=run.anira))(
-      run.params, evaluation.device_batch(batch)))
-  np.testing.assert_array_equal(tr.depth, ev['depth'])
-  np.testing.assert_allclose(tr.expected_depth, ev['expected_depth'], rtol=1e-6)
-  np.testing.assert_array_equal(tr.correct, ev['correct'])
-  if decider in ('early', 'online', 'ponder'):
+  _assert_same_as_evaluation(tr, run.anira, run.params, batch)
+  if decider == 'early':
     assert len(np.unique(tr.depth[tr.answer_mask])) > 1, 'depths do not vary: test too weak'
+  if decider in ('online', 'ponder'):
+    # Untrained halting sits near λ = 1/2 everywhere; a threshold inside the spread of
+    # CDF(1) = q(1) makes some tokens stop at depth 1 and others not.
+    threshold = float(np.median(tr.q[..., 0][tr.answer_mask]))
+    spread = run.trace(batch, rule='threshold', threshold=threshold)
+    _assert_same_as_evaluation(spread, run.model('threshold', threshold), run.params, batch)
+    assert len(np.unique(spread.depth[spread.answer_mask])) > 1, 'depths do not vary'
 
   b, length = batch['tokens'].shape
   assert tr.q.shape == tr.halting.shape == (b, length, D)
@@ -78,16 +91,13 @@ def test_load_trace_round_trip_matches_evaluation(trained, decider):
   if decider != 'act':  # ACT reads out a mixture of states, not the last one
     np.testing.assert_array_equal(tr.readout_prediction[-1][real], tr.prediction[real])
   if decider in ('online', 'ponder'):
-    np.testing.assert_allclose(base.halting_distribution(tr.halting), tr.q, atol=1e-6)
+    np.testing.assert_allclose(base.halting_distribution(jnp.asarray(tr.halting)), tr.q, atol=1e-6)
   elif decider == 'act':
     ran = np.arange(1, D + 1) <= tr.depth[..., None]
     assert np.isfinite(tr.halting[ran]).all() and np.isnan(tr.halting[~ran]).all()
   else:
     assert np.isnan(tr.halting).all()
 
-  # The stored results are reproduced exactly from the checkpoint.
-  saved = json.loads((workdir / 'results.json').read_text())
-  assert json.loads(json.dumps(run.results())) == saved
 
 
 def test_load_accepts_checkpoint_dirs_and_steps(trained):
@@ -104,9 +114,10 @@ def test_rules_depths_and_tokens_at_evaluation(trained):
   low = run.evaluate('in_distribution', rule='threshold', threshold=0.05)
   high = run.evaluate('in_distribution', rule='threshold', threshold=0.95)
   assert low['mean_depth'] < high['mean_depth']
-  saved = json.loads((run.workdir / 'results.json').read_text())['splits']['in_distribution']
-  assert json.loads(json.dumps(run.evaluate('in_distribution'))) == saved
-  raised = run.trace(run.batches('longer')[0], max_depth=D + 2)
+  # The stored results are reproduced exactly from the checkpoint.
+  saved = json.loads((run.workdir / 'results.json').read_text())
+  assert json.loads(json.dumps(run.results())) == saved
+  raised = run.trace(run.batches('7-8', num_batches=1, batch_size=4)[0], max_depth=D + 2)
   assert raised.q.shape[-1] == D + 2 and raised.max_depth == D + 2
   custom = run.evaluate('7-8', max_depth=D + 2, num_batches=1, batch_size=4)
   assert custom['sizes'] == [7, 8] and custom['examples'] == 4
@@ -120,7 +131,9 @@ def test_rules_depths_and_tokens_at_evaluation(trained):
   with pytest.raises(ValueError, match='not in the parity vocabulary'):
     run.trace('0 1 7')
   with pytest.raises(ValueError, match='no inference rule'):
-    inspect.load(trained('fixed')).evaluate('longer', rule='mode')
+    inspect.load(trained('fixed')).evaluate('in_distribution', rule='mode')
+  with pytest.raises(ValueError, match="neither an evaluation split"):
+    run.evaluate('longer')
 
 
 def _valid_png(path):
@@ -133,7 +146,9 @@ def test_analyze_writes_json_figures_and_summary(trained, tmp_path):
   result = analysis_run.analyze(workdir, tmp_path, thresholds=(0.3,), n_boot=10)
   saved = json.loads((tmp_path / 'analysis.json').read_text())
   assert saved == result
-  assert set(saved['generalization']['by_max_depth']) == {str(D), str(2 * D)}
+  generalization = saved['generalization']['by_max_depth']
+  assert set(generalization) == {str(D), str(2 * D)}
+  assert set(generalization[str(D)]['per_category']) == {'train'}
   assert saved['tradeoff']['applicable'] and set(saved['tradeoff']['points']) == {
       'mode', 'median', 'threshold=0.3'}
   assert 'timing' not in saved  # parity has no BREVO features

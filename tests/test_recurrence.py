@@ -170,3 +170,10 @@ def test_standard_model_has_unshared_layers():
   assert leaf.shape[0] == 4
   with pytest.raises(ValueError, match='standard'):
     anira.apply(params, jnp.ones((1, 3), jnp.int32), train=False, max_depth=6)
+
+
+def test_no_prelude_and_a_two_layer_core():
+  anira, params, tokens, _ = _setup('fixed', prelude_layers=0, core_layers=2)
+  assert params['model']['prelude'] == {}
+  out = anira.apply(params, tokens, train=False, path='loop')
+  assert out.logits_BxLxV.shape == (3, 7, 5)

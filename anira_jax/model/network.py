@@ -39,7 +39,8 @@ class Network:
     pos_1 = jnp.zeros((1,), jnp.int32)
     params = {
         'embed': self._embed.init(k_embed, jnp.zeros((1, 1), jnp.int32))['params'],
-        'prelude': self._prelude.init(k_prelude, x_1x1xD, pos_1)['params'],
+        # .get: a stack of zero layers has no parameters at all.
+        'prelude': self._prelude.init(k_prelude, x_1x1xD, pos_1).get('params', {}),
         'readout': self._readout.init(k_readout, x_1x1xD, pos_1)['params'],
     }
     init_core = lambda k: self._core.init(k, x_1x1xD, pos_1)['params']

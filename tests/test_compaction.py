@@ -1,0 +1,96 @@
+"""Compacted inference == the masked inference loop (logits, depths, q) for every decider, with
+padding, a multi-layer core and an iteration embedding; one compilation for any active counts."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ALL_DECIDERS, tiny_decider, tiny_model
+from test_recurrence import _spread_halting
+
+from anira_jax import compaction
+from anira_jax.anira import Anira
+
+BUCKETS = (3, 6, 9)  # of L = 12: most iterations past the first run compacted
+
+
+def _batch(seed: int = 1):
+  tokens = jax.random.randint(jax.random.key(seed), (3, 12), 1, 5)
+  tokens = tokens.at[2, 8:].set(0)  # a right-padded row
+  complexity = jax.random.randint(jax.random.key(seed + 1), (3, 12), 0, 4).astype(jnp.float32)
+  return tokens, complexity
+
+
+def _compare(anira, params, tokens, complexity, buckets=BUCKETS):
+  loop = jax.jit(lambda p, t, c: anira.apply(p, t, train=False, complexity_BxL=c, path='loop'))
+  compacted = jax.jit(lambda p, t, c: compaction.run_compacted(
+      anira, p, t, complexity_BxL=c, buckets=buckets))
+  ref, out = loop(params, tokens, complexity), compacted(params, tokens, complexity)
+  valid = np.asarray(tokens != 0)
+  np.testing.assert_allclose(np.asarray(out.logits_BxLxV)[valid],
+                             np.asarray(ref.logits_BxLxV)[valid], atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(out.trajectory.depth_BxL)[valid],
+                                np.asarray(ref.trajectory.depth_BxL)[valid])
+  np.testing.assert_allclose(np.asarray(out.trajectory.decision.q_BxLxT)[valid],
+                             np.asarray(ref.trajectory.decision.q_BxLxT)[valid], atol=1e-6)
+  assert int(out.trajectory.iterations) == int(ref.trajectory.iterations)
+  return out
+
+
+@pytest.mark.parametrize('name', ALL_DECIDERS)
+def test_same_as_masked_loop_for_every_decider(name):
+  anira = Anira(tiny_model(), tiny_decider(name))
+  params = _spread_halting(anira, anira.init(jax.random.key(0)))
+  out = _compare(anira, params, *_batch())
+  if name == 'fixed':  # every token active at every iteration: the dense step throughout
+    assert int(out.work.compacted_iterations) == 0
+  elif name != 'act':  # (ACT's spread halting keeps most tokens running past 1/2 of L)
+    assert int(out.work.compacted_iterations) > 0, 'compaction never ran: test too weak'
+
+
+@pytest.mark.parametrize('overrides', [dict(core_layers=2), dict(iteration_embedding=True)],
+                         ids=['two_core_layers', 'iteration_embedding'])
+def test_frozen_tokens_keys_follow_the_masked_semantics(overrides):
+  """Deep layers' keys of a frozen token depend on its predecessors' current states (and with an
+  iteration embedding, on t): compaction must recompute them where the masked path would."""
+  anira = Anira(tiny_model(**overrides), tiny_decider('oracle'))
+  params = anira.init(jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 1, 5)
+  depths = jnp.array([[1, 1, 1, 1, 1, 1, 3, 1, 4, 1, 2, 1],
+                      [2, 1, 1, 1, 1, 1, 1, 3, 1, 1, 4, 1]])
+  out = _compare(anira, params, tokens, (depths - 1).astype(jnp.float32))
+  assert int(out.work.compacted_iterations) >= 2
+
+
+def test_multi_layer_core_with_an_online_decider():
+  anira = Anira(tiny_model(core_layers=2), tiny_decider('online'))
+  params = _spread_halting(anira, anira.init(jax.random.key(0)))
+  _compare(anira, params, *_batch(), buckets=(4, 8, 10))
+
+
+def test_one_compilation_for_any_active_counts():
+  anira = Anira(tiny_model(), tiny_decider('oracle'))
+  params = anira.init(jax.random.key(0))
+  tokens, _ = _batch()
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def run(params, tokens, complexity):
+    return compaction.run_compacted(anira, params, tokens, complexity_BxL=complexity,
+                                    buckets=BUCKETS).work
+
+  works = [run(params, tokens, jnp.full(tokens.shape, c)) for c in (0.0, 3.0)]
+  works.append(run(params, tokens, _batch(seed=5)[1]))
+  # Depth 1 everywhere: one dense iteration; depth D everywhere: D; mixed: compacted steps.
+  assert [int(w.dense_iterations) for w in works[:2]] == [1, 4]
+  assert int(works[2].compacted_iterations) > 0
+
+
+def test_bucket_ladder():
+  for length in (64, 128, 1000, 2048):
+    sizes = compaction.bucket_sizes(length, dense_fraction=0.75)
+    assert list(sizes) == sorted(set(sizes)) and sizes[-1] == int(0.75 * length)
+    assert all(s % 8 == 0 for s in sizes[:-1])
+    assert all(b / a <= 1.6 for a, b in zip(sizes, sizes[1:])), sizes  # ≤ ~1/3 of slots wasted
+  assert compaction.bucket_sizes(12, dense_fraction=0.75, min_size=3) == (3, 4, 5, 6, 8, 9)
