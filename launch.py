@@ -1,4 +1,8 @@
-"""Trains and evaluates one experiment: `python launch.py --config=experiments/parity.py`."""
+"""Trains and evaluates one experiment: `python launch.py --config=experiments/parity.py`.
+
+`--mode=analyze` runs the paper's analyses on the workdir's newest checkpoint instead
+(analysis.json, analysis.md and figures in the workdir).
+"""
 
 import pathlib
 import sys
@@ -7,6 +11,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from anira_jax.analysis import run as analysis_run
 from anira_jax.config import ConfigError
 from anira_jax.training import checkpoint, loop
 
@@ -16,6 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (checkpoints, metrics, results). Default: '
     'workdirs/<config name>[_<variant>] under the current directory.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'analyze'],
+                          'train: train (or resume) and evaluate; analyze: analyse the workdir.')
 _MULTIHOST = flags.DEFINE_bool(
     'multihost', False, 'Join a multi-process job with jax.distributed.initialize(): on TPU pods '
     'and SLURM/Kubernetes clusters the coordinator and process ids are detected automatically.')
@@ -48,7 +55,11 @@ def main(argv):
   logging.info('process %d/%d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   try:
-    loop.train_and_evaluate(_CONFIG.value, workdir)
+    if _MODE.value == 'analyze':
+      result = analysis_run.analyze(workdir)
+      print(f'wrote {", ".join(result["files"])} to {workdir}')
+    else:
+      loop.train_and_evaluate(_CONFIG.value, workdir)
   except (ConfigError, checkpoint.CheckpointError, loop.NonFiniteLossError) as e:
     sys.exit(f'error: {e}')
   except loop.Preempted as e:

@@ -198,9 +198,9 @@ def test_corrupt_checkpoint_gives_one_line_error(trained, tmp_path):
 
 
 def test_analyze_command_line_reports_a_bad_workdir(tmp_path):
-  proc = subprocess.run([sys.executable, '-m', 'anira_jax.analysis.run',
-                         f'--workdir={tmp_path}'], cwd=REPO, capture_output=True, text=True,
-                        timeout=120)
+  proc = subprocess.run([sys.executable, 'launch.py', '--config=experiments/parity.py',
+                         '--mode=analyze', f'--workdir={tmp_path}'], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1] == (
       f'error: {tmp_path} is not a workdir (it has no checkpoints/ directory); '

@@ -7,7 +7,7 @@
   categorical control (BREVO);
 - `tradeoff.tradeoff`: accuracy vs execution cost per inference rule, with the Pareto front.
 
-`figures` draws them; `run.analyze` (and `python -m anira_jax.analysis.run`) does it all for a
+`figures` draws them; `run.analyze` (and `python launch.py ... --mode=analyze`) does it all for a
 workdir.
 """
 

@@ -1,6 +1,6 @@
 """The paper's analyses of one trained run: analysis.json, figures and a summary in the workdir.
 
-    python -m anira_jax.analysis.run --workdir=workdirs/brevo
+    python launch.py --config=experiments/brevo.py --mode=analyze [--workdir=DIR]
 
 Traces every configured evaluation split (the examples results.json was computed on) at the
 trained D and at a raised D, then runs alignment and generalization for every task, decision
@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
 from anira_jax import config as config_lib
 from anira_jax import inspect
@@ -163,32 +162,3 @@ def analyze(workdir, out_dir=None, *, step: int | None = None, num_batches: int 
   (out / 'analysis.json').write_text(json.dumps(result, indent=2) + '\n')
   (out / 'analysis.md').write_text(summary_markdown(result))
   return result
-
-
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (or its checkpoints/[<step>]).')
-_OUT_DIR = flags.DEFINE_string('out_dir', None, 'Where to write; default: the workdir.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step; default: the newest.')
-_NUM_BATCHES = flags.DEFINE_integer('num_batches', None, 'Batches per split; default: config.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', None, 'Examples per batch; default: config.')
-_RAISED = flags.DEFINE_integer('raised_depth', None, 'T of the raised-depth pass.')
-_N_BOOT = flags.DEFINE_integer('n_boot', 200, 'Bootstrap resamples for the intervals.')
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  try:
-    result = analyze(_WORKDIR.value, _OUT_DIR.value, step=_STEP.value,
-                     num_batches=_NUM_BATCHES.value, batch_size=_BATCH_SIZE.value,
-                     raised_depth=_RAISED.value, n_boot=_N_BOOT.value)
-  except inspect.CheckpointError as e:
-    sys.exit(f'error: {e}')
-  out = pathlib.Path(_OUT_DIR.value or result['workdir'])
-  print(f'wrote {", ".join(result["files"])} to {out}')
-
-
-if __name__ == '__main__':
-  flags.mark_flags_as_required(['workdir'])
-  app.run(main)

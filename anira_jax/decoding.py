@@ -1,0 +1,232 @@
+"""Autoregressive decoding with a per-iteration key/value cache (DESIGN §2.6).
+
+Tokens are processed one position at a time; each new token runs its own depth, decided by its
+own decider state, and reads what earlier tokens left in the cache:
+
+    cache.core_k[t-1, layer, b, j]  = the key token j shows to a query at iteration t
+
+For t <= d_j that is the key token j computed while it ran iteration t (from its state after
+t-1 iterations); for t > d_j it is the key of j's *frozen* state at iteration t. So the new
+token at iteration t reads token j's state at level min(t-1, d_j) — exactly what the masked
+inference loop computes (`recurrence.loop`); decoding a sequence gives its logits, depths and q
+(tested for every decider). Prelude and coda layers keep a one-level cache the same way.
+
+Cost per token. When the frozen keys/values do not depend on the iteration — a one-layer core
+without iteration embedding — the levels above a token's depth get its final state's keys and
+values by one keys/values-only projection, and a token costs ∝ its own depth. Otherwise the
+masked semantics make a frozen token's keys depend on the iteration (e_t, or what its layer-1
+query reads at iteration t), so a halted token is still pushed through the core (states
+unchanged) up to T to fill its cache levels: exact, but with no saving from halting.
+
+With a batch, rows advance in lock step: position i of every row at once, each row running its
+own depth (rows that halted are carried along without changing state).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from anira_jax import deciders, recurrence
+from anira_jax.anira import Anira, Output
+from anira_jax.model import layers
+
+
+class Cache(NamedTuple):
+  """Keys and values of every position decoded so far ([..., B, N, H, K], N = max length)."""
+
+  prelude_k: jax.Array  # [prelude_layers, B, N, H, K]
+  prelude_v: jax.Array
+  core_k: jax.Array  # [T, core_layers, B, N, H, K]: level t-1 is read at iteration t
+  core_v: jax.Array
+  coda_k: jax.Array  # [coda_layers, B, N, H, K]
+  coda_v: jax.Array
+
+
+class StepOutput(NamedTuple):
+  """One position of every row."""
+
+  logits_BxV: jax.Array
+  depth_B: jax.Array  # int32 iterations this token ran
+  q_BxT: jax.Array
+  head_calls_B: jax.Array
+  readout_BxD: jax.Array  # the state the coda read (exit state, or ACT's mixture)
+
+
+def static_frozen_kv(anira: Anira) -> bool:
+  """Whether a frozen token's core keys/values are the same at every later iteration."""
+  cfg = anira.model_cfg
+  return cfg.core_layers == 1 and not cfg.iteration_embedding and cfg.kind == 'recurrent'
+
+
+def init_cache(anira: Anira, batch: int, max_len: int, max_depth: int | None = None) -> Cache:
+  cfg = anira.model_cfg
+  depth = max_depth or cfg.max_depth
+  dtype = jnp.dtype(cfg.dtype)
+  kv = (batch, max_len, cfg.num_heads, cfg.head_dim)
+  zeros = lambda *lead: jnp.zeros((*lead, *kv), dtype)
+  return Cache(zeros(cfg.prelude_layers), zeros(cfg.prelude_layers),
+               zeros(depth, cfg.core_layers), zeros(depth, cfg.core_layers),
+               zeros(cfg.coda_layers), zeros(cfg.coda_layers))
+
+
+def _write(cache_k, cache_v, index: tuple, position, k_Bx1xHxK, v_Bx1xHxK):
+  """cache[*index, :, position] = k (index: leading level/layer indices, possibly traced)."""
+  def put(cache, x):
+    x = x.astype(cache.dtype).reshape((1,) * len(index) + x.shape)
+    start = (*index, 0, position, 0, 0)
+    return jax.lax.dynamic_update_slice(cache, x, start)
+  return put(cache_k, k_Bx1xHxK), put(cache_v, v_Bx1xHxK)
+
+
+def _layer(cfg, block, x_Bx1xD, position, cache_k_BxNxHxK, cache_v_BxNxHxK):
+  """One block for the new token; returns (output, its k, its v). The cache passed in must
+  already hold every earlier position; the new token's own key is attended to here."""
+  positions_1 = position[None]
+  q, k, v = layers.project(cfg, block, x_Bx1xD, positions_1)
+  cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k_BxNxHxK, k.astype(cache_k_BxNxHxK.dtype),
+                                                position, axis=1)
+  cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v_BxNxHxK, v.astype(cache_v_BxNxHxK.dtype),
+                                                position, axis=1)
+  batch, length = cache_k.shape[:2]
+  q_positions_Bx1 = jnp.full((batch, 1), position)
+  attn = layers.attend(q, cache_k, cache_v, q_positions_Bx1, jnp.arange(length))
+  return layers.update(cfg, block, x_Bx1xD, attn), k, v
+
+
+def _stack(cfg, blocks, x_Bx1xD, position, cache_k, cache_v):
+  """A prelude or coda stack for the new token with its one-level cache."""
+  for i, block in enumerate(blocks):
+    x_Bx1xD, k, v = _layer(cfg, block, x_Bx1xD, position, cache_k[i], cache_v[i])
+    cache_k, cache_v = _write(cache_k, cache_v, (i,), position, k, v)
+  return x_Bx1xD, cache_k, cache_v
+
+
+def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
+                position: jax.Array, complexity_B: jax.Array | None = None,
+                max_depth: int | None = None) -> tuple[StepOutput, Cache]:
+  """Position `position` of every row: the new token's logits, depth and q, and the cache with
+  its keys/values at every level. Positions must be decoded in order from 0."""
+  net, decider, cfg = anira.network, anira.decider, anira.model_cfg
+  max_depth = max_depth or cfg.max_depth
+  position = jnp.asarray(position, jnp.int32)
+  model = params['model']
+
+  x_Bx1xD = net.embed_inputs(model, tokens_B[:, None], position[None])
+  h0_Bx1xD, prelude_k, prelude_v = _stack(cfg, net.prelude_blocks(model), x_Bx1xD, position,
+                                          cache.prelude_k, cache.prelude_v)
+
+  def iteration(t, h_Bx1xD, core_k, core_v):
+    """The core at iteration t on the new token, writing its keys/values at level t-1."""
+    x_Bx1xD = x0_Bx1xD = net.core_input(model, h_Bx1xD, h0_Bx1xD, t)
+    for i, block in enumerate(net.core_blocks(model, t)):
+      level_k = jax.lax.dynamic_index_in_dim(core_k, t - 1, 0, keepdims=False)[i]
+      level_v = jax.lax.dynamic_index_in_dim(core_v, t - 1, 0, keepdims=False)[i]
+      x_Bx1xD, k, v = _layer(cfg, block, x_Bx1xD, position, level_k, level_v)
+      core_k, core_v = _write(core_k, core_v, (t - 1, i), position, k, v)
+    return h_Bx1xD + (x_Bx1xD - x0_Bx1xD), core_k, core_v
+
+  reads = decider.reads_complexity and complexity_B is not None
+  ctx = deciders.Context(train=False, key=None, max_depth=max_depth,
+                         complexity_BxL=complexity_B[:, None] if reads else None)
+  state = decider.start(params['decider'], h0_Bx1xD, ctx)
+
+  def more(carry):
+    t, _, state, _, _, _ = carry
+    return (t < max_depth) & jnp.any(decider.runs(state, jnp.minimum(t + 1, max_depth)) > 0.5)
+
+  def body(carry):
+    t, h_Bx1xD, state, depth_Bx1, core_k, core_v = carry
+    t = t + 1
+    run_Bx1 = decider.runs(state, t) > 0.5
+    h_new_Bx1xD, core_k, core_v = iteration(t, h_Bx1xD, core_k, core_v)
+    h_Bx1xD = jnp.where(run_Bx1[..., None], h_new_Bx1xD, h_Bx1xD)
+    state = decider.observe(params['decider'], state, h_Bx1xD, t)
+    return t, h_Bx1xD, state, depth_Bx1 + run_Bx1.astype(jnp.int32), core_k, core_v
+
+  depth_Bx1 = jnp.zeros(tokens_B.shape[:1] + (1,), jnp.int32)
+  t_end, h_Bx1xD, state, depth_Bx1, core_k, core_v = jax.lax.while_loop(
+      more, body, (jnp.int32(0), h0_Bx1xD, state, depth_Bx1, cache.core_k, cache.core_v))
+
+  # Levels above t_end: what the frozen token shows to later tokens at those iterations.
+  if static_frozen_kv(anira):
+    block = net.core_blocks(model, t_end + 1)[0]
+    x_Bx1xD = net.core_input(model, h_Bx1xD, h0_Bx1xD, t_end + 1)
+    k, v = layers.keys_values(cfg, block, x_Bx1xD, position[None])
+    column_k = jax.lax.dynamic_slice_in_dim(core_k, position, 1, axis=3)  # [T, C, B, 1, H, K]
+    column_v = jax.lax.dynamic_slice_in_dim(core_v, position, 1, axis=3)
+    above_Tx1x1x1x1x1 = (jnp.arange(max_depth) >= t_end)[:, None, None, None, None, None]
+    column_k = jnp.where(above_Tx1x1x1x1x1, k.astype(core_k.dtype)[None, None], column_k)
+    column_v = jnp.where(above_Tx1x1x1x1x1, v.astype(core_v.dtype)[None, None], column_v)
+    core_k = jax.lax.dynamic_update_slice_in_dim(core_k, column_k, position, axis=3)
+    core_v = jax.lax.dynamic_update_slice_in_dim(core_v, column_v, position, axis=3)
+  else:
+    def refresh(t, kv):
+      return iteration(t, h_Bx1xD, *kv)[1:]
+    core_k, core_v = jax.lax.fori_loop(t_end + 1, max_depth + 1, refresh, (core_k, core_v))
+
+  decision = decider.finish(params['decider'], state, h_Bx1xD, t_end, depth_Bx1)
+  readout_Bx1xD = h_Bx1xD if decision.readout_BxLxD is None else decision.readout_BxLxD
+  y_Bx1xD, coda_k, coda_v = _stack(cfg, net.coda_blocks(model), readout_Bx1xD, position,
+                                   cache.coda_k, cache.coda_v)
+  logits_Bx1xV = net.readout_head(model, y_Bx1xD)
+  out = StepOutput(logits_Bx1xV[:, 0], depth_Bx1[:, 0], decision.q_BxLxT[:, 0],
+                   decision.head_calls_BxL[:, 0], readout_Bx1xD[:, 0])
+  return out, Cache(prelude_k, prelude_v, core_k, core_v, coda_k, coda_v)
+
+
+def decode_logits(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
+                  complexity_BxL: jax.Array | None = None,
+                  max_depth: int | None = None) -> Output:
+  """`anira.apply(..., train=False, path='loop')` computed token by token with the cache.
+
+  Returns an `anira.Output`; `trajectory.iterations` is the deepest token's depth and the
+  per-token readout states are in `trajectory.state_BxLxD`. Jittable.
+  """
+  batch, length = tokens_BxL.shape
+  max_depth = max_depth or anira.model_cfg.max_depth
+  cache = init_cache(anira, batch, length, max_depth)
+  complexity_LxB = None if complexity_BxL is None else complexity_BxL.T
+
+  def step(cache, inputs):
+    position, tokens_B, complexity_B = inputs
+    out, cache = decode_step(anira, params, cache, tokens_B, position, complexity_B, max_depth)
+    return cache, out
+
+  _, outs = jax.lax.scan(step, cache, (jnp.arange(length, dtype=jnp.int32), tokens_BxL.T,
+                                       complexity_LxB))
+  swap = lambda x: jnp.swapaxes(x, 0, 1)
+  depth_BxL = swap(outs.depth_B)
+  decision = deciders.Decision(q_BxLxT=swap(outs.q_BxT), head_calls_BxL=swap(outs.head_calls_B),
+                               readout_BxLxD=None)
+  trajectory = recurrence.Trajectory(swap(outs.readout_BxD), depth_BxL, decision,
+                                     jnp.max(depth_BxL), None)
+  return Output(swap(outs.logits_BxV), trajectory)
+
+
+def generate(anira: Anira, params: dict, prompt_BxP: jax.Array, num_tokens: int, *,
+             complexity_BxL: jax.Array | None = None,
+             max_depth: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """Greedy decoding: the prompt, then `num_tokens` argmax tokens, each at its own depth.
+
+  `complexity_BxL` (oracle only) covers prompt and continuation, [B, P + num_tokens].
+  Returns (tokens [B, P + num_tokens], depth [B, P + num_tokens]).
+  """
+  batch, prompt_len = prompt_BxP.shape
+  length = prompt_len + num_tokens
+  step = jax.jit(functools.partial(decode_step, anira, max_depth=max_depth))
+  cache = init_cache(anira, batch, length, max_depth)
+  tokens, depths = [], []
+  token_B = prompt_BxP[:, 0]
+  for position in range(length):
+    if position < prompt_len:
+      token_B = prompt_BxP[:, position]
+    complexity_B = None if complexity_BxL is None else complexity_BxL[:, position]
+    out, cache = step(params, cache, token_B, jnp.int32(position), complexity_B)
+    tokens.append(token_B)
+    depths.append(out.depth_B)
+    token_B = jnp.argmax(out.logits_BxV, -1).astype(prompt_BxP.dtype)
+  return jnp.stack(tokens, 1), jnp.stack(depths, 1)
