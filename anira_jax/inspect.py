@@ -142,9 +142,7 @@ def _halting_TxBxL(anira: Anira, params: dict, states_TxBxLxD, depth_BxL) -> jax
     lam = jax.vmap(lambda h: decider.halting_probability(params['decider'], h))(states_TxBxLxD)
     return lam.at[-1].set(1.0)
   if isinstance(decider, Act):  # ACT's halting unit; it is never evaluated after N
-    head = decider._head()  # noqa: SLF001  (the decider's own head, not a copy of it)
-    lam = jax.vmap(lambda h: jax.nn.sigmoid(
-        head.apply({'params': params['decider']}, h)[..., 0]))(states_TxBxLxD)
+    lam = jax.vmap(lambda h: decider.halting_probability(params['decider'], h))(states_TxBxLxD)
     steps_T = jnp.arange(1, shape[0] + 1)
     return jnp.where(steps_T[:, None, None] <= depth_BxL[None], lam, jnp.nan)
   return jnp.full(shape, jnp.nan, jnp.float32)

@@ -162,16 +162,21 @@ def test_ponder_trains_on_q_weighted_step_losses_without_halting():
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize('name', ['early', 'online', 'act', 'ponder'])
-def test_gradients_reach_every_decider_parameter(name):
-  anira = Anira(tiny_model(), tiny_decider(name, gamma=0.1, prior_base=2.0))
+def _decider_grads(name: str, **decider_overrides) -> dict:
+  """Gradient of the training loss with respect to the decider's params, on a tiny batch."""
+  anira = Anira(tiny_model(), tiny_decider(name, **decider_overrides))
   params = anira.init(jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (4, 6), 1, 5)
   batch = dict(tokens=tokens, targets=(tokens * 2) % 5, loss_mask=jnp.ones((4, 6), bool),
                complexity=jnp.zeros((4, 6)))
-  grads = jax.grad(lambda p: objective.loss_and_metrics(anira, p, batch, jax.random.key(2))[0])(
-      params)
-  for path, g in jax.tree_util.tree_leaves_with_path(grads['decider']):
+  loss = lambda p: objective.loss_and_metrics(anira, p, batch, jax.random.key(2))[0]
+  return jax.jit(jax.grad(loss))(params)['decider']
+
+
+@pytest.mark.parametrize('name', ['early', 'online', 'act', 'ponder'])
+def test_gradients_reach_every_decider_parameter(name):
+  grads = _decider_grads(name, gamma=0.1, prior_base=2.0)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert np.all(np.isfinite(g)), path
     assert np.any(g != 0), f'{name}: zero gradient at {jax.tree_util.keystr(path)}'
 
@@ -179,14 +184,7 @@ def test_gradients_reach_every_decider_parameter(name):
 @pytest.mark.parametrize('name', ['early', 'online'])
 def test_straight_through_alone_carries_gradient_to_the_head(name):
   """With γ = 0 the only path from the task loss to the head is the straight-through mask."""
-  anira = Anira(tiny_model(), tiny_decider(name, gamma=0.0))
-  params = anira.init(jax.random.key(0))
-  tokens = jax.random.randint(jax.random.key(1), (4, 6), 1, 5)
-  batch = dict(tokens=tokens, targets=(tokens * 2) % 5, loss_mask=jnp.ones((4, 6), bool),
-               complexity=jnp.zeros((4, 6)))
-  grads = jax.grad(lambda p: objective.loss_and_metrics(anira, p, batch, jax.random.key(2))[0])(
-      params)
-  assert any(np.any(g != 0) for g in jax.tree.leaves(grads['decider']))
+  assert any(np.any(g != 0) for g in jax.tree.leaves(_decider_grads(name, gamma=0.0)))
 
 
 def test_deep_start():

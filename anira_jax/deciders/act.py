@@ -16,14 +16,8 @@ import jax.numpy as jnp
 from anira_jax.deciders import base
 
 
-class Act(base.Decider):
+class Act(base.Halting):
   name = 'act'
-
-  def _head(self) -> base.Head:
-    return base.Head(self.cfg.head_hidden, 1, -self.cfg.init_depth_bias)
-
-  def init(self, key):
-    return self._head().init(key, jnp.zeros((1, 1, self.model.width), jnp.float32))['params']
 
   def start(self, params, h0_BxLxD, ctx):
     shape = h0_BxLxD.shape[:2]
@@ -37,7 +31,7 @@ class Act(base.Decider):
 
   def observe(self, params, state, h_BxLxD, t):
     max_depth = state['p'].shape[-1]
-    lam_BxL = jax.nn.sigmoid(self._head().apply({'params': params}, h_BxLxD)[..., 0])
+    lam_BxL = self.halting_probability(params, h_BxLxD)
     ran_BxL = ~state['halted']
     cumulative = state['cumulative']
     halt_now = ran_BxL & ((cumulative + lam_BxL >= 1.0 - self.cfg.act_epsilon) | (t == max_depth))

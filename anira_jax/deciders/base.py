@@ -61,10 +61,16 @@ class Decider(abc.ABC):
     self.cfg = cfg
     self.model = model
 
+  def head(self) -> 'Head | None':
+    """The decision head, or None for deciders that learn nothing (fixed, oracle)."""
+    return None
+
   def init(self, key: jax.Array) -> dict:
     """Parameters of the decision head ({} when there is none)."""
-    del key
-    return {}
+    head = self.head()
+    if head is None:
+      return {}
+    return head.init(key, jnp.zeros((1, 1, self.model.width), jnp.float32))['params']
 
   @abc.abstractmethod
   def start(self, params: dict, h0_BxLxD: jax.Array, ctx: Context) -> State:
@@ -104,6 +110,17 @@ class Head(nn.Module):
     bias = jnp.broadcast_to(jnp.asarray(self.bias, jnp.float32), (self.outputs,))
     return nn.Dense(self.outputs, dtype=jnp.float32, kernel_init=nn.initializers.normal(0.02),
                     bias_init=lambda *_: bias)(x)
+
+
+class Halting(Decider):
+  """A decider with a per-iteration halting unit λ_t = sigmoid(head(h_t)) (online, ponder, ACT)."""
+
+  def head(self) -> Head:
+    # Deep start: λ ≈ sigmoid(-init_depth_bias) at every step, so early training runs deep.
+    return Head(self.cfg.head_hidden, 1, -self.cfg.init_depth_bias)
+
+  def halting_probability(self, params: dict, h_BxLxD: jax.Array) -> jax.Array:
+    return jax.nn.sigmoid(self.head().apply({'params': params}, h_BxLxD)[..., 0])
 
 
 def weighted_mean(x: jax.Array, weight: jax.Array) -> jax.Array:

@@ -19,19 +19,15 @@ class Early(scheduled.Scheduled):
   name = 'early'
   head_calls_per_token = 1
 
-  def _head(self) -> base.Head:
+  def head(self) -> base.Head:
     # Deep start: logits rise linearly to +init_depth_bias at depth D, so the untrained decider
     # runs deep rather than collapsing to depth 1.
     depths = self.model.max_depth
     bias = self.cfg.init_depth_bias * jnp.linspace(0.0, 1.0, depths)
     return base.Head(self.cfg.head_hidden, depths, bias)
 
-  def init(self, key):
-    h_1x1xD = jnp.zeros((1, 1, self.model.width), jnp.float32)
-    return self._head().init(key, h_1x1xD)['params']
-
   def start(self, params, h0_BxLxD, ctx):
-    logits_BxLxD = self._head().apply({'params': params}, h0_BxLxD)
+    logits_BxLxD = self.head().apply({'params': params}, h0_BxLxD)
     # Only trained depths can be chosen; a raised T at evaluation pads q with zeros.
     pad = [(0, 0), (0, 0), (0, ctx.max_depth - self.model.max_depth)]
     q_BxLxT = jnp.pad(jax.nn.softmax(logits_BxLxD), pad)

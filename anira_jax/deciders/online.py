@@ -25,18 +25,8 @@ import jax.numpy as jnp
 from anira_jax.deciders import base, early
 
 
-class Online(base.Decider):
+class Online(base.Halting):
   name = 'online'
-
-  def _head(self) -> base.Head:
-    # Deep start: λ ≈ sigmoid(-init_depth_bias) at every step, so early training runs deep.
-    return base.Head(self.cfg.head_hidden, 1, -self.cfg.init_depth_bias)
-
-  def init(self, key):
-    return self._head().init(key, jnp.zeros((1, 1, self.model.width), jnp.float32))['params']
-
-  def halting_probability(self, params, h_BxLxD: jax.Array) -> jax.Array:
-    return jax.nn.sigmoid(self._head().apply({'params': params}, h_BxLxD)[..., 0])
 
   def _rule(self, train: bool) -> str:
     return 'sample' if train else self.cfg.rule
