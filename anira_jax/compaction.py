@@ -25,21 +25,23 @@ those of its frozen state *at iteration t*; this module reproduces that exactly:
   recomputed, i.e. the dense path.
 
 Buckets and the dense fall-back. The compute set's size per row is known only on device (for
-online deciders it shrinks as tokens halt), so the whole recurrence is one `lax.while_loop`
-whose body picks, with `lax.switch`, among precompiled steps: one per bucket size S (a
-geometric ladder, growth 1.25, multiples of 8) and a dense step (the ordinary full-sequence
-block) used when the largest row's compute set exceeds `dense_fraction` of the length. Nothing
-recompiles across batches of one shape, and there is no host round trip per iteration. The
-keys/values-only refresh picks its own bucket the same way (power-of-two ladder). A batch in
-which no token halts therefore runs the dense step every iteration: the fixed-depth loop plus
-bookkeeping.
+online deciders it shrinks as tokens halt), so the recurrence stays on device, with no host round
+trip per iteration and one compilation per (batch, length) shape, as two `lax.while_loop`s:
+- a dense phase, while the largest row's compute set exceeds `dense_fraction` of the length:
+  the ordinary full-sequence block, no conditionals — a batch in which no token halts costs the
+  masked loop plus writing the key/value cache;
+- then (active sets only shrink) a compacted phase whose body picks, with `lax.switch`, among
+  precompiled steps, one per bucket size S: a geometric ladder (growth 1.25, multiples of 8, up
+  to the dense threshold; see `bucket_sizes`), so above ~64 tokens a buffer wastes at most ~1/5
+  of its slots. The keys/values-only refresh picks its own (power-of-two) bucket the same way.
+Nothing recompiles across batches of one shape whatever the active counts (tested).
 
 Buffers hold one row's tokens (S = the batch-wide maximum over rows, so rows whose counts
 differ waste slots); queries attend over all L cached keys of their row.
 
-Padding (token id 0) is never computed and its keys are zeros: it must trail the real tokens
-(every task here right-pads), and padding positions' logits and depths are meaningless, as in
-the masked loop.
+Padding (token id 0) never runs (its state stays h0, its depth 0) and is not gathered; it must
+trail the real tokens (every task here right-pads), and padding positions' logits and depths
+are meaningless, as in the masked loop.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def bucket_sizes(length: int, *, dense_fraction: float = 0.75, min_size: int = 1
                  growth: float = 1.25) -> tuple[int, ...]:
   """Static buffer sizes for a sequence of `length`: a geometric ladder up to the dense
   threshold, each a multiple of 8 (of 1 for short sequences). Counts above the last use the
-  dense step; with growth g a buffer wastes at most 1 − 1/g of its slots."""
+  dense step; with growth g a buffer wastes at most 1 − 1/g of its slots (more for the smallest
+  sizes, rounded up to the multiple of 8)."""
   granule = 8 if length >= 64 else 1
   limit = int(dense_fraction * length)
   if limit < 1:
@@ -126,7 +129,8 @@ def _scatter(x_BxLx, idx_BxS, values_BxSx):
 
 def _switch_index(count: jax.Array, sizes: Sequence[int]) -> jax.Array:
   """Index of the first size >= count; len(sizes) (the dense branch) if there is none."""
-  return jnp.searchsorted(jnp.asarray(sizes, jnp.int32), count, side='left').astype(jnp.int32)
+  # A compare and sum, not jnp.searchsorted: that is a while loop, slow inside the body of one.
+  return jnp.sum(jnp.asarray(sizes, jnp.int32) < count, dtype=jnp.int32)
 
 
 class _Carry(NamedTuple):
@@ -152,6 +156,7 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
   kv_shape = (batch, length, cfg.num_heads, cfg.head_dim)
   stale_every_iteration = cfg.iteration_embedding or cfg.kind == 'standard'
   refresh_buckets = _refresh_sizes(buckets)
+  dense_limit = buckets[-1] if buckets else 0  # compute sets larger than this run dense
 
   def dense_step(t, active_BxL, h_BxLxD, k_cache, v_cache):
     """The full-sequence core (Block.__call__ in pieces), caching every layer's keys/values."""
@@ -199,55 +204,82 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
       k_new, v_new = _scatter(k_cache[0], idx_BxS, k), _scatter(v_cache[0], idx_BxS, v)
     return (k_new,) + tuple(k_cache[1:]), (v_new,) + tuple(v_cache[1:])
 
-  def body(carry: _Carry) -> _Carry:
+  def plan(carry: _Carry):
+    """Iteration t = carry.t + 1: who runs, who must be computed, the largest row's count."""
     t = carry.t + 1
-    active_BxL = (decider.runs(carry.state, t) > 0.5) & valid_BxL
+    active_BxL = (decider.runs(carry.state, jnp.minimum(t, ctx.max_depth)) > 0.5) & valid_BxL
     if cfg.core_layers > 1:
       stale_prefix_BxL = jnp.cumsum(carry.dirty_BxL, axis=1, dtype=jnp.int32) > 0
       compute_BxL = active_BxL | (stale_prefix_BxL & valid_BxL)
     else:
       compute_BxL = active_BxL
-    count = jnp.max(jnp.sum(compute_BxL, axis=1, dtype=jnp.int32))
-    main = _switch_index(count, buckets)
-    dense = main == len(buckets)
+    return t, active_BxL, compute_BxL, jnp.max(jnp.sum(compute_BxL, axis=1, dtype=jnp.int32))
 
+  def advance(carry: _Carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work: Work) -> _Carry:
+    """After the core: the decider observes every token's state."""
+    state = decider.observe(params['decider'], carry.state, h_BxLxD, t)
+    dirty_BxL = valid_BxL if stale_every_iteration else active_BxL
+    return _Carry(t, h_BxLxD, state, carry.depth_BxL + active_BxL.astype(jnp.int32), dirty_BxL,
+                  k_cache, v_cache, work)
+
+  def dense_body(carry: _Carry) -> _Carry:
+    t, active_BxL, _, _ = plan(carry)
+    h_BxLxD, k_cache, v_cache = dense_step(t, active_BxL, carry.h_BxLxD, carry.k_cache,
+                                           carry.v_cache)
+    w = carry.work
+    work = w._replace(dense_iterations=w.dense_iterations + 1,
+                      token_slots=w.token_slots + batch * length)
+    return advance(carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work)
+
+  def compacted_body(carry: _Carry) -> _Carry:
+    t, active_BxL, compute_BxL, count = plan(carry)
+    main = _switch_index(count, buckets)
+    dense = main == len(buckets)  # (only if the active set grew, which no decider does)
     # Layer-1 keys/values of tokens that changed but are not computed now (they just froze).
     refresh_BxL = carry.dirty_BxL & ~compute_BxL
     refresh_count = jnp.max(jnp.sum(refresh_BxL, axis=1, dtype=jnp.int32))
     which = jnp.where(dense | (refresh_count == 0), 0,
                       1 + _switch_index(refresh_count, refresh_buckets))
-    refreshes = [lambda t, r, h, k, v: (k, v)]
-    refreshes += [lambda t, r, h, k, v, s=s: refresh_step(s, t, r, h, k, v)
-                  for s in (*refresh_buckets, None)]
-    k_cache, v_cache = jax.lax.switch(which, refreshes, t, refresh_BxL, carry.h_BxLxD,
-                                      carry.k_cache, carry.v_cache)
 
-    steps = [lambda t, c, a, h, k, v, s=s: compact_step(s, t, c, a, h, k, v) for s in buckets]
-    steps += [lambda t, c, a, h, k, v: dense_step(t, a, h, k, v)]
-    h_BxLxD, k_cache, v_cache = jax.lax.switch(
-        main, steps, t, compute_BxL, active_BxL, carry.h_BxLxD, k_cache, v_cache)
+    def compacted(h_BxLxD, k_cache, v_cache):
+      refreshes = [lambda h, k, v: (k, v)]
+      refreshes += [lambda h, k, v, s=s: refresh_step(s, t, refresh_BxL, h, k, v)
+                    for s in (*refresh_buckets, None)]
+      k_cache, v_cache = jax.lax.switch(which, refreshes, h_BxLxD, k_cache, v_cache)
+      steps = [lambda h, k, v, s=s: compact_step(s, t, compute_BxL, active_BxL, h, k, v)
+               for s in buckets]
+      return jax.lax.switch(jnp.minimum(main, len(buckets) - 1), steps, h_BxLxD, k_cache,
+                            v_cache)
 
-    state = decider.observe(params['decider'], carry.state, h_BxLxD, t)
+    h_BxLxD, k_cache, v_cache = jax.lax.cond(
+        dense, lambda h, k, v: dense_step(t, active_BxL, h, k, v), compacted,
+        carry.h_BxLxD, carry.k_cache, carry.v_cache)
     sizes = jnp.asarray((*buckets, length), jnp.int32)
     refresh_sizes = jnp.asarray((0, *refresh_buckets, length), jnp.int32)
-    work = Work(carry.work.dense_iterations + dense.astype(jnp.int32),
-                carry.work.compacted_iterations + (~dense).astype(jnp.int32),
-                carry.work.token_slots + batch * sizes[main],
-                carry.work.refresh_slots + batch * refresh_sizes[which])
-    dirty_BxL = valid_BxL if stale_every_iteration else active_BxL
-    return _Carry(t, h_BxLxD, state, carry.depth_BxL + active_BxL.astype(jnp.int32), dirty_BxL,
-                  k_cache, v_cache, work)
+    w = carry.work
+    work = Work(w.dense_iterations + dense.astype(jnp.int32),
+                w.compacted_iterations + (~dense).astype(jnp.int32),
+                w.token_slots + batch * sizes[main],
+                w.refresh_slots + batch * refresh_sizes[which])
+    return advance(carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work)
 
   def more(carry: _Carry):
     next_runs = decider.runs(carry.state, jnp.minimum(carry.t + 1, ctx.max_depth)) > 0.5
     return (carry.t < ctx.max_depth) & jnp.any(next_runs & valid_BxL)
+
+  def more_dense(carry: _Carry):
+    return more(carry) & (plan(carry)[3] > dense_limit)
 
   zeros = lambda: tuple(jnp.zeros(kv_shape, cache_dtype) for _ in range(cfg.core_layers))
   zero = jnp.int32(0)
   init = _Carry(zero, h0_BxLxD, decider.start(params['decider'], h0_BxLxD, ctx),
                 jnp.zeros((batch, length), jnp.int32), valid_BxL, zeros(), zeros(),
                 Work(zero, zero, zero, zero))
-  carry = jax.lax.while_loop(more, body, init)
+  # Active sets only shrink, so the iterations split into a dense phase — no conditionals, the
+  # masked loop's cost when no token halts — and a compacted phase.
+  carry = jax.lax.while_loop(more_dense, dense_body, init)
+  if buckets:
+    carry = jax.lax.while_loop(more, compacted_body, carry)
   decision = decider.finish(params['decider'], carry.state, carry.h_BxLxD, carry.t,
                             carry.depth_BxL)
   readout = carry.h_BxLxD if decision.readout_BxLxD is None else decision.readout_BxLxD

@@ -217,7 +217,7 @@ def generate(anira: Anira, params: dict, prompt_BxP: jax.Array, num_tokens: int,
   """
   batch, prompt_len = prompt_BxP.shape
   length = prompt_len + num_tokens
-  step = jax.jit(functools.partial(decode_step, anira, max_depth=max_depth))
+  step = jax.jit(functools.partial(decode_step, anira, max_depth=max_depth), donate_argnums=1)
   cache = init_cache(anira, batch, length, max_depth)
   tokens, depths = [], []
   token_B = prompt_BxP[:, 0]

@@ -36,7 +36,7 @@ def _config(**overrides):
     ('train.warmup_steps', 5000, r'config.train.warmup_steps=5000 must be below'),
     ('task.train_sizes', '8-1', r"config.task.train_sizes='8-1': range 8-1 is empty"),
     ('task.train_sizes', 'many', r"config.task.train_sizes='many': expected sizes like"),
-    ('task.holdout_sizes', '1-8', r'removes every training size'),
+    ('task.holdout_sizes', '1-16', r'removes every training size'),
     ('eval.splits', {'bad': '0-3'}, r'config.eval.splits.bad has sizes \[0\] outside'),
     ('eval.source', 'disk', r"config.eval.source='disk'"),
 ])

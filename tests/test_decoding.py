@@ -1,0 +1,73 @@
+"""KV-cache decoding == the masked inference loop on the whole sequence (logits, depths, q) for
+every decider, with padding, multi-layer stacks and an iteration embedding; greedy generation
+continues with the model's own argmax."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ALL_DECIDERS, tiny_decider, tiny_model
+from test_recurrence import _spread_halting
+
+from anira_jax import decoding
+from anira_jax.anira import Anira
+
+
+def _batch():
+  tokens = jax.random.randint(jax.random.key(1), (3, 9), 1, 5)
+  tokens = tokens.at[2, 6:].set(0)  # a right-padded row
+  complexity = jax.random.randint(jax.random.key(2), (3, 9), 0, 4).astype(jnp.float32)
+  return tokens, complexity
+
+
+def _compare(anira, params, tokens, complexity):
+  ref = jax.jit(lambda p, t, c: anira.apply(p, t, train=False, complexity_BxL=c, path='loop'))(
+      params, tokens, complexity)
+  out = jax.jit(lambda p, t, c: decoding.decode_logits(anira, p, t, complexity_BxL=c))(
+      params, tokens, complexity)
+  valid = np.asarray(tokens != 0)
+  np.testing.assert_allclose(np.asarray(out.logits_BxLxV)[valid],
+                             np.asarray(ref.logits_BxLxV)[valid], atol=1e-4)
+  np.testing.assert_array_equal(np.asarray(out.trajectory.depth_BxL)[valid],
+                                np.asarray(ref.trajectory.depth_BxL)[valid])
+  np.testing.assert_allclose(np.asarray(out.trajectory.decision.q_BxLxT)[valid],
+                             np.asarray(ref.trajectory.decision.q_BxLxT)[valid], atol=1e-5)
+  return out
+
+
+@pytest.mark.parametrize('name', ALL_DECIDERS)
+def test_same_as_masked_loop_for_every_decider(name):
+  anira = Anira(tiny_model(), tiny_decider(name))
+  params = _spread_halting(anira, anira.init(jax.random.key(0)))
+  out = _compare(anira, params, *_batch())
+  if name != 'fixed':
+    assert len(np.unique(out.trajectory.depth_BxL[:2])) > 1, 'depths do not vary: test too weak'
+
+
+@pytest.mark.parametrize('name,overrides', [
+    ('online', dict(core_layers=2, prelude_layers=2, coda_layers=2)),
+    ('oracle', dict(iteration_embedding=True, position='learned')),
+], ids=['multi_layer', 'iteration_embedding'])
+def test_frozen_keys_that_depend_on_the_iteration(name, overrides):
+  """Here a frozen token's keys change with t, so its cache levels above its depth are filled
+  by running it on (state unchanged), not by copying its final keys. One row: each position's
+  loop then ends at that token's own depth (in a batch, a deeper row would fill the levels)."""
+  anira = Anira(tiny_model(**overrides), tiny_decider(name))
+  assert not decoding.static_frozen_kv(anira)
+  params = _spread_halting(anira, anira.init(jax.random.key(0)))
+  tokens, complexity = _batch()
+  out = _compare(anira, params, tokens[:1], complexity[:1])
+  depth_L = np.asarray(out.trajectory.depth_BxL[0])
+  assert any(depth_L[i] < depth_L[i + 1:].max() for i in range(len(depth_L) - 1))
+
+
+def test_generate_continues_with_the_argmax_of_the_full_model():
+  anira = Anira(tiny_model(), tiny_decider('online'))
+  params = _spread_halting(anira, anira.init(jax.random.key(0)))
+  prompt = _batch()[0][:2, :4]
+  tokens, depth = decoding.generate(anira, params, prompt, num_tokens=4)
+  assert tokens.shape == depth.shape == (2, 8)
+  np.testing.assert_array_equal(tokens[:, :4], prompt)
+  full = anira.apply(params, tokens, train=False, path='loop')
+  np.testing.assert_array_equal(tokens[:, 4:], jnp.argmax(full.logits_BxLxV[:, 3:-1], -1))
+  np.testing.assert_array_equal(depth, full.trajectory.depth_BxL)
