@@ -13,11 +13,12 @@ thread serves one process. Figures are also written to benchmarks/data.json.
 import functools
 import json
 import pathlib
-import time
 
 import jax
 import numpy as np
 from absl import app, flags
+
+from benchmarks import timing
 
 import tasks
 from anira_jax import config as config_lib
@@ -33,16 +34,6 @@ _CONFIGS = flags.DEFINE_list('configs', ['parity', 'mano', 'brevo', 'clrs', 'lan
 _OUT = flags.DEFINE_string('out', 'benchmarks/data.json', 'Where to write the figures.')
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  fn()  # warm-up (and compilation)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
-
-
 def measure(name: str, repeats: int) -> dict:
   config = common.load_module(f'experiments/{name}.py').get_config()
   task, anira = loop.build(config)
@@ -52,8 +43,8 @@ def measure(name: str, repeats: int) -> dict:
   stream = tasks.Stream(task, train_sizes, batch_size, seed=0)
   big = tasks.Stream(task, (largest,), batch_size, seed=0)
   counter = iter(range(10**9))
-  gen_train = _median_seconds(lambda: stream.batch(next(counter)), repeats)
-  gen_largest = _median_seconds(lambda: big.batch(next(counter)), repeats)
+  gen_train = timing.median_seconds(lambda: stream.batch(next(counter)), repeats)
+  gen_largest = timing.median_seconds(lambda: big.batch(next(counter)), repeats)
 
   tx = state_lib.make_optimizer(config.train)
   state = state_lib.create(anira, tx, jax.random.key(0))
@@ -66,7 +57,7 @@ def measure(name: str, repeats: int) -> dict:
     holder['state'], metrics = train_step(holder['state'], batch)
     return metrics['loss']
 
-  step_seconds = _median_seconds(one_step, repeats)
+  step_seconds = timing.median_seconds(one_step, repeats)
   return {
       'batch_size': batch_size,
       'train_sizes': [min(train_sizes), max(train_sizes)],

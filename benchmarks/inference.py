@@ -30,13 +30,14 @@ import functools
 import json
 import pathlib
 import resource
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
+
+from benchmarks import timing
 
 from anira_jax import compaction, deciders, decoding, recurrence
 from anira_jax.anira import Anira
@@ -65,16 +66,6 @@ _TRAIN_DECIDERS = flags.DEFINE_list('train_deciders', ['fixed', 'early', 'online
 _OUT = flags.DEFINE_string('out', 'benchmarks/inference.json', 'Where to write the figures.')
 
 METHODS = ('fixed', 'masked', 'compacted')
-
-
-def _median_seconds(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # warm-up (and compilation)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
 
 
 def _planned_bytes(jitted, *args) -> int | None:
@@ -142,7 +133,7 @@ def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction,
     tokens = jnp.asarray(rng.integers(1, model.vocab_size, (batch, length)), jnp.int32)
     valid = tokens != 0
     h0 = embed(params['model'], tokens)
-    io_seconds = _median_seconds(lambda: embed_and_readout(params['model'], tokens), repeats)
+    io_seconds = timing.median_seconds(lambda: embed_and_readout(params['model'], tokens), repeats)
     fixed_seconds = None
     memory = {}
     for dist in dists:
@@ -157,7 +148,7 @@ def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction,
           seconds = fixed_seconds  # independent of the distribution
         else:
           args = (fixed_params if method == 'fixed' else params, h0, complexity, valid)
-          seconds = _median_seconds(functools.partial(run[method], *args), repeats)
+          seconds = timing.median_seconds(functools.partial(run[method], *args), repeats)
           if method not in memory:
             memory[method] = _planned_bytes(run[method], *args)
           if method == 'fixed':
@@ -203,7 +194,7 @@ def decoding_table(model: ModelConfig, context: int, repeats: int):
   for depth in range(1, model.max_depth + 1):
     complexity = jnp.full((1,), depth - 1.0, jnp.float32)
     assert int(once(complexity).depth_B[0]) == depth
-    seconds = _median_seconds(lambda: once(complexity).logits_BxV, repeats)
+    seconds = timing.median_seconds(lambda: once(complexity).logits_BxV, repeats)
     rows.append({'depth': depth, 'ms_per_token': 1e3 * seconds})
   base = rows[0]['ms_per_token']
   print(f'decoding one token at position {context - 1} (static frozen keys/values: '
@@ -236,7 +227,7 @@ def train_table(model: ModelConfig, length: int, decider_names, repeats: int, to
       holder[0], metrics = step(holder[0], data)
       return metrics['loss']
 
-    seconds = _median_seconds(once, repeats)
+    seconds = timing.median_seconds(once, repeats)
     rows.append({'decider': name, 'length': length, 'batch': batch,
                  'tokens_per_s': batch * length / seconds, 'seconds_per_step': seconds})
     print(f'train step {name:7s} L={length} B={batch}: {batch * length / seconds:9.0f} tokens/s '
