@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from anira_jax import deciders, recurrence
 from anira_jax.config import DeciderConfig, ModelConfig

@@ -15,7 +15,6 @@ import json
 import pathlib
 
 import jax
-import numpy as np
 from absl import app, flags
 
 from benchmarks import timing

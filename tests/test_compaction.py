@@ -4,9 +4,8 @@ padding, a multi-layer core and an iteration embedding; one compilation for any 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
-from conftest import ALL_DECIDERS, tiny_decider, tiny_model
+from conftest import ALL_DECIDERS, assert_same_on_real_tokens, tiny_decider, tiny_model
 from test_recurrence import _spread_halting
 
 from anira_jax import compaction
@@ -27,13 +26,7 @@ def _compare(anira, params, tokens, complexity, buckets=BUCKETS):
   compacted = jax.jit(lambda p, t, c: compaction.run_compacted(
       anira, p, t, complexity_BxL=c, buckets=buckets))
   ref, out = loop(params, tokens, complexity), compacted(params, tokens, complexity)
-  valid = np.asarray(tokens != 0)
-  np.testing.assert_allclose(np.asarray(out.logits_BxLxV)[valid],
-                             np.asarray(ref.logits_BxLxV)[valid], atol=1e-5)
-  np.testing.assert_array_equal(np.asarray(out.trajectory.depth_BxL)[valid],
-                                np.asarray(ref.trajectory.depth_BxL)[valid])
-  np.testing.assert_allclose(np.asarray(out.trajectory.decision.q_BxLxT)[valid],
-                             np.asarray(ref.trajectory.decision.q_BxLxT)[valid], atol=1e-6)
+  assert_same_on_real_tokens(out, ref, tokens, atol_logits=1e-5, atol_q=1e-6)
   assert int(out.trajectory.iterations) == int(ref.trajectory.iterations)
   return out
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ALL_DECIDERS, tiny_decider, tiny_model
+from conftest import ALL_DECIDERS, assert_same_on_real_tokens, tiny_decider, tiny_model
 from test_recurrence import _spread_halting
 
 from anira_jax import decoding
@@ -25,13 +25,7 @@ def _compare(anira, params, tokens, complexity):
       params, tokens, complexity)
   out = jax.jit(lambda p, t, c: decoding.decode_logits(anira, p, t, complexity_BxL=c))(
       params, tokens, complexity)
-  valid = np.asarray(tokens != 0)
-  np.testing.assert_allclose(np.asarray(out.logits_BxLxV)[valid],
-                             np.asarray(ref.logits_BxLxV)[valid], atol=1e-4)
-  np.testing.assert_array_equal(np.asarray(out.trajectory.depth_BxL)[valid],
-                                np.asarray(ref.trajectory.depth_BxL)[valid])
-  np.testing.assert_allclose(np.asarray(out.trajectory.decision.q_BxLxT)[valid],
-                             np.asarray(ref.trajectory.decision.q_BxLxT)[valid], atol=1e-5)
+  assert_same_on_real_tokens(out, ref, tokens, atol_logits=1e-4, atol_q=1e-5)
   return out
 
 

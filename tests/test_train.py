@@ -1,7 +1,6 @@
 """End to end: training learns, writes results, resumes after a kill, and fails clearly."""
 
 import json
-import os
 import pathlib
 import signal
 import subprocess

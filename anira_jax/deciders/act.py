@@ -10,7 +10,6 @@ q is the halting distribution p.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from anira_jax.deciders import base
