@@ -194,14 +194,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.decider.ponder_lambda={d.ponder_lambda} must lie in (0, 1)')
 
   t = config.train
-  for field in ('steps', 'batch_size', 'log_every', 'checkpoint_every', 'keep_checkpoints',
-                'preemption_check_every'):
+  for field in ('steps', 'batch_size', 'grad_accumulation_steps', 'log_every',
+                'checkpoint_every', 'keep_checkpoints', 'preemption_check_every'):
     if not isinstance(t[field], int) or t[field] < 1:
       raise ConfigError(f'config.train.{field}={t[field]!r} must be an integer >= 1')
   _positive('train.learning_rate', t.learning_rate)
   _positive('train.warmup_steps', t.warmup_steps, allow_zero=True)
   _positive('train.weight_decay', t.weight_decay, allow_zero=True)
   _positive('train.grad_clip', t.grad_clip)
+  if t.batch_size % t.grad_accumulation_steps:
+    raise ConfigError(f'config.train.batch_size={t.batch_size} must be divisible by '
+                      f'train.grad_accumulation_steps={t.grad_accumulation_steps}')
   if t.warmup_steps >= t.steps:
     raise ConfigError(f'config.train.warmup_steps={t.warmup_steps} must be below '
                       f'train.steps={t.steps}')

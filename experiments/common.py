@@ -99,7 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.decider = ml_collections.ConfigDict()
   config.decider.name = 'early'  # fixed | early | online | act | ponder | oracle
   config.decider.gamma = 0.01  # weight of KL(q ‖ p_b)
-  config.decider.prior_base = 1.0  # b; 1 = uniform prior (no depth penalty), >1 charges log b/step
+  # b; 1 = uniform prior (no depth penalty), >1 charges log b per iteration. 1.5 was chosen on
+  # parity with ANIRA-E, and the task study (experiments/study.py) shares it across tasks.
+  config.decider.prior_base = 1.5
   config.decider.gumbel_temperature = 1.0
   config.decider.rule = 'median'  # online/ponder inference: median | mode | threshold | sample
   config.decider.threshold = 0.5  # CDF level of rule='threshold'
@@ -116,6 +118,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.steps = 2000
   config.train.batch_size = 64  # global, across all devices and hosts
+  # Microbatches per step (gradients summed): memory of batch_size / this, same update.
+  config.train.grad_accumulation_steps = 1
   config.train.learning_rate = 1e-3  # peak, after warmup
   config.train.warmup_steps = 100
   config.train.final_lr_fraction = 0.1  # cosine decay ends at this fraction of the peak

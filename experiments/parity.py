@@ -5,8 +5,8 @@
     python launch.py --config=experiments/parity.py:quick --workdir=/tmp/parity
 
 Trains ANIRA-E on bit strings of length 1-16 and evaluates in distribution and on longer strings
-(17-24, never seen). The depth prior b = 1.5 charges log 1.5 per iteration; without a charge
-(b = 1) on strings up to 8 long, every token can be answered at depth 1 and depth need not
+(17-24, never seen). The shared depth prior b = 1.5 charges log 1.5 per iteration; without a
+charge (b = 1) on strings up to 8 long, every token can be answered at depth 1 and depth need not
 follow difficulty. Variants: `decider=NAME` (any registered decider), `quick` (a few steps, for smoke
 tests), `ponder` (PonderNet's sparse ±1 layout: 96 entries, train 1-48 non-zero, test 49-96).
 """
@@ -25,7 +25,6 @@ def get_config(arg=None):
   config.model.position = 'sinusoidal'
   config.task.train_sizes = '1-16'
   config.eval.splits = {'in_distribution': '1-16', 'longer': '17-24'}
-  config.decider.prior_base = 1.5
   config.train.steps = 3000
   if args.ponder:
     config.task.options = {'layout': 'ponder'}

@@ -28,15 +28,19 @@ _MESH_SCRIPT = textwrap.dedent('''
 
     decider = sys.argv[1]
     results = {}
-    for data, fsdp, devices in [(1, 1, 1), (8, 1, 8), (4, 2, 8)]:
-      config = small_config(steps=10, warmup_steps=2)
+    # The same losses with two microbatches per step, for a decider that draws no random keys.
+    meshes = [(1, 1, 1, 1), (8, 1, 8, 1), (4, 2, 8, 1)]
+    meshes += [(4, 2, 8, 2)] if decider == 'fixed' else []
+    for data, fsdp, devices, microbatches in meshes:
+      config = small_config(steps=10, warmup_steps=2, grad_accumulation_steps=microbatches)
       config.decider.name = decider
       config.model.width = 64  # big enough that fsdp really splits kernels
       config.mesh.data, config.mesh.fsdp = data, fsdp
       task, anira = loop.build(config)
       mesh = sharding.make_mesh(config, devices=jax.devices()[:devices])
       tx = state_lib.make_optimizer(config.train)
-      create, _, shardings, step = loop.compile_training(anira, tx, mesh, jax.random.key(1))
+      create, _, shardings, step = loop.compile_training(anira, tx, mesh, jax.random.key(1),
+                                                         microbatches)
       state = create(jax.random.key(0))
       split = sum(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(shardings))
       stream = tasks.Stream(task, config_lib.train_sizes(config), 32, seed=0)
@@ -45,8 +49,9 @@ _MESH_SCRIPT = textwrap.dedent('''
         batch = sharding.global_batch(evaluation.device_batch(stream.batch(i)), mesh)
         state, metrics = step(state, batch)
         losses.append(float(metrics['loss']))
-      results[f'{data}x{fsdp}'] = {'losses': losses, 'split_leaves': int(split),
-                                   'devices': len(mesh.devices.flat)}
+      name = f'{data}x{fsdp}' + (f'/{microbatches}' if microbatches > 1 else '')
+      results[name] = {'losses': losses, 'split_leaves': int(split),
+                       'devices': len(mesh.devices.flat)}
     print(json.dumps(results))
 ''')
 
@@ -62,7 +67,8 @@ def test_sharded_training_matches_one_device(decider):
   assert runs['8x1']['devices'] == runs['4x2']['devices'] == 8
   assert runs['1x1']['split_leaves'] == runs['8x1']['split_leaves'] == 0
   assert runs['4x2']['split_leaves'] > 0  # parameters really are sharded
-  for mesh in ('8x1', '4x2'):
+  assert ('4x2/2' in runs) == (decider == 'fixed')
+  for mesh in {'8x1', '4x2', '4x2/2'} & set(runs):
     np.testing.assert_allclose(runs[mesh]['losses'], runs['1x1']['losses'], rtol=2e-4,
                                err_msg=mesh)
 

@@ -110,7 +110,7 @@ def _check_finite(state, last_saved: int | None, workdir) -> None:
         'then rerun (the run resumes from that checkpoint).')
 
 
-def compile_training(anira: Anira, tx, mesh, train_key):
+def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int = 1):
   """(create, abstract_state, state_sharding, train_step) for a mesh.
 
   The state is born sharded — shapes first (`eval_shape`), then shardings, then a jitted
@@ -120,7 +120,8 @@ def compile_training(anira: Anira, tx, mesh, train_key):
   abstract_state = jax.eval_shape(create, jax.random.key(0))
   state_sharding = sharding.state_shardings(mesh, abstract_state)
   train_step = jax.jit(
-      functools.partial(step_lib.train_step, anira=anira, tx=tx, key=train_key),
+      functools.partial(step_lib.train_step, anira=anira, tx=tx, key=train_key,
+                        accumulation_steps=accumulation_steps),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   return (jax.jit(create, out_shardings=state_sharding), abstract_state, state_sharding,
@@ -175,8 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   tx = state_lib.make_optimizer(config.train)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
 
-  create, abstract_state, state_sharding, train_step = compile_training(anira, tx, mesh,
-                                                                       train_key)
+  create, abstract_state, state_sharding, train_step = compile_training(
+      anira, tx, mesh, train_key, config.train.grad_accumulation_steps)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   last_saved = mngr.latest_step()
   if last_saved is None:

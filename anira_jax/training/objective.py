@@ -58,8 +58,9 @@ def summarize(sums: dict[str, jax.Array]) -> dict[str, float | jax.Array]:
   }
 
 
-def loss_and_metrics(anira: Anira, params: dict, batch: dict, key: jax.Array):
-  """(loss, metrics) of one training batch on the training unroll."""
+def loss_terms(anira: Anira, params: dict, batch: dict, key: jax.Array):
+  """(cross-entropy, regularizer, regularizer metrics, `batch_metrics` sums) of one batch on the
+  training unroll; the cross-entropy averages over answer tokens, the regularizer over real ones."""
   decider = anira.decider
   out = anira.apply(params, batch['tokens'], train=True, key=key,
                     complexity_BxL=batch['complexity'], collect_states=decider.step_loss)
@@ -75,8 +76,16 @@ def loss_and_metrics(anira: Anira, params: dict, batch: dict, key: jax.Array):
   ce = base.weighted_mean(ce_BxL, answer_BxL)
   reg, reg_metrics = decider.regularizer(out.trajectory.decision, out.trajectory.depth_BxL,
                                          real_BxL)
-  loss = ce + reg
-  sums = batch_metrics(out, batch, anira.model_cfg.max_depth)
-  metrics = {'loss': loss, 'cross_entropy': ce, 'regularizer': reg, **reg_metrics,
-             **summarize(sums), 'tokens': sums['real_tokens']}
-  return loss, metrics
+  return ce, reg, reg_metrics, batch_metrics(out, batch, anira.model_cfg.max_depth)
+
+
+def report(ce: jax.Array, reg: jax.Array, reg_metrics: dict, sums: dict) -> dict:
+  """The training metrics: the loss and its terms, then `summarize`'s ratios of the sums."""
+  return {'loss': ce + reg, 'cross_entropy': ce, 'regularizer': reg, **reg_metrics,
+          **summarize(sums), 'tokens': sums['real_tokens']}
+
+
+def loss_and_metrics(anira: Anira, params: dict, batch: dict, key: jax.Array):
+  """(loss, metrics) of one training batch on the training unroll."""
+  ce, reg, reg_metrics, sums = loss_terms(anira, params, batch, key)
+  return ce + reg, report(ce, reg, reg_metrics, sums)

@@ -32,10 +32,11 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
   if data * fsdp != len(devices):
     raise ConfigError(f'config.mesh.data={config.mesh.data} × mesh.fsdp={fsdp} must equal the '
                       f'{len(devices)} devices (or set mesh.data=-1)')
-  batch = config.train.batch_size
-  if batch % len(devices) or batch % jax.process_count():
+  batch, steps = config.train.batch_size, config.train.grad_accumulation_steps
+  if batch % len(devices) or batch % jax.process_count() or (batch // steps) % len(devices):
     raise ConfigError(f'config.train.batch_size={batch} (global) must be divisible by the '
-                      f'{len(devices)} devices and the {jax.process_count()} processes')
+                      f'{len(devices)} devices and the {jax.process_count()} processes, and so '
+                      f'must its microbatch batch_size / train.grad_accumulation_steps')
   return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto),
                        devices=devices)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -14,16 +12,57 @@ from anira_jax.training import objective
 from anira_jax.training.state import TrainState
 
 
+def gradients(params: dict, batch: dict, key: jax.Array, *, anira: Anira,
+              accumulation_steps: int = 1) -> tuple[dict, dict]:
+  """(grads, metrics) of the batch's loss, summed over `accumulation_steps` microbatches.
+
+  Microbatch i takes rows i, i + A, i + 2A, ... (A = accumulation_steps): with the batch split
+  over devices in contiguous blocks, every device keeps its own rows. Each microbatch's
+  cross-entropy and regularizer are weighted by its share of the batch's answer and real tokens,
+  so the sum is the whole batch's loss: the same gradient as one step on the whole batch (up to
+  float rounding; stochastic deciders draw a different key per microbatch). Memory holds one
+  microbatch's activations.
+  """
+  answers = jnp.maximum(jnp.sum(batch['loss_mask'].astype(jnp.float32)), 1.0)
+  real = jnp.maximum(jnp.sum((batch['tokens'] != 0).astype(jnp.float32)), 1.0)
+
+  def loss_fn(p, micro, micro_key):
+    ce, reg, reg_metrics, sums = objective.loss_terms(anira, p, micro, micro_key)
+    ce_share = jax.lax.stop_gradient(sums['answer_tokens'] / answers)
+    reg_share = jax.lax.stop_gradient(sums['real_tokens'] / real)
+    terms = (ce_share * ce, reg_share * reg,
+             {name: reg_share * value for name, value in reg_metrics.items()})
+    return terms[0] + terms[1], (terms, sums)
+
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  if accumulation_steps == 1:
+    grads, (terms, sums) = grad_fn(params, batch, key)
+  else:
+    split = lambda x: jnp.swapaxes(
+        x.reshape(x.shape[0] // accumulation_steps, accumulation_steps, *x.shape[1:]), 0, 1)
+    micro_batches = jax.tree.map(split, batch)
+
+    def accumulate(total, inputs):
+      i, micro = inputs
+      return jax.tree.map(jnp.add, total, grad_fn(params, micro, jax.random.fold_in(key, i))), None
+
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                         jax.eval_shape(grad_fn, params, first, key))
+    (grads, (terms, sums)), _ = jax.lax.scan(
+        accumulate, zeros, (jnp.arange(accumulation_steps), micro_batches))
+  return grads, objective.report(*terms, sums)
+
+
 def train_step(state: TrainState, batch: dict, *, anira: Anira, tx: optax.GradientTransformation,
-               key: jax.Array) -> tuple[TrainState, dict]:
+               key: jax.Array, accumulation_steps: int = 1) -> tuple[TrainState, dict]:
   """One optimizer update. A non-finite loss or gradient leaves params untouched and is counted
   in `skipped_steps`, which the loop checks before it saves anything."""
   step_key = jax.random.fold_in(key, state.step)
-  grad_fn = jax.value_and_grad(functools.partial(objective.loss_and_metrics, anira),
-                               has_aux=True)
-  (loss, metrics), grads = grad_fn(state.params, batch, step_key)
+  grads, metrics = gradients(state.params, batch, step_key, anira=anira,
+                             accumulation_steps=accumulation_steps)
   grad_norm = optax.tree.norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
