@@ -191,3 +191,40 @@ def test_accumulated_gradients_equal_the_whole_batch(decider):
   for name in counts:
     np.testing.assert_allclose(accumulated_metrics[name], whole_metrics[name], rtol=1e-5,
                                err_msg=name)
+
+
+def _gradients_with(decider, **model):
+  """(gradients function, its arguments) for a small model with `model` overrides."""
+  config = small_config(steps=10, warmup_steps=2)
+  config.decider.name = decider
+  config.model.update(model)
+  task, anira = loop.build(config)
+  params = anira.init(jax.random.key(0))
+  batch = loop.evaluation.device_batch(loop.tasks.Stream(task, (1, 2, 3, 4), 16, seed=0).batch(0))
+  return functools.partial(step_lib.gradients, anira=anira), (params, batch, jax.random.key(1))
+
+
+@pytest.mark.parametrize('decider', ['online', 'ponder'])
+def test_remat_recomputes_the_same_gradients(decider):
+  fn, args = _gradients_with(decider, remat=True)
+  ref_fn, ref_args = _gradients_with(decider, remat=False)
+  assert 'remat' in str(jax.make_jaxpr(fn)(*args))
+  assert 'remat' not in str(jax.make_jaxpr(ref_fn)(*ref_args))
+  (grads, metrics), (ref_grads, ref_metrics) = jax.jit(fn)(*args), jax.jit(ref_fn)(*ref_args)
+  chex.assert_trees_all_close(grads, ref_grads, atol=1e-6, rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], rtol=1e-6)
+
+
+def test_bfloat16_matmuls_track_float32():
+  """bfloat16 matmuls (params and norms stay float32): the same loss to bf16 precision and
+  gradients pointing the same way."""
+  grads, metrics = jax.jit(lambda f, a: f(*a), static_argnums=0)(*_gradients_with(
+      'early', dtype='bfloat16'))
+  ref_grads, ref_metrics = jax.jit(lambda f, a: f(*a), static_argnums=0)(*_gradients_with(
+      'early', dtype='float32'))
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+  np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], rtol=2e-2)
+  flat, ref_flat = (jnp.concatenate([g.ravel() for g in jax.tree.leaves(t)])
+                    for t in (grads, ref_grads))
+  cosine = jnp.dot(flat, ref_flat) / (jnp.linalg.norm(flat) * jnp.linalg.norm(ref_flat))
+  assert cosine > 0.99, cosine
