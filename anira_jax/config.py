@@ -1,4 +1,4 @@
-"""Typed views of an experiment config, and start-up validation.
+"""The experiment config: its defaults, typed views of it, and start-up validation.
 
 The launcher gets an `ml_collections.ConfigDict`; nothing inside jit ever reads it. Instead the
 model and the deciders read the frozen dataclasses built here once, after `validate` has checked
@@ -69,6 +69,88 @@ class DeciderConfig:
   ponder_lambda: float = 0.2  # λ_p of PonderNet's geometric prior
   ponder_kl: str = 'prior_q'  # 'prior_q': KL(prior ‖ q) (common reimplementations), 'q_prior'
   oracle_max_complexity: float = 0.0  # complexity mapped to depth D; 0 = from training sizes
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every field the library reads, at its default; experiment files override what they study,
+  and `inspect.load` fills fields missing from older checkpoints' configs from here."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # --- task --------------------------------------------------------------------------------
+  config.task = ml_collections.ConfigDict()
+  config.task.name = 'parity'
+  config.task.options = ml_collections.ConfigDict()  # keyword arguments of the task class
+  config.task.train_sizes = '1-8'  # difficulty values seen in training ("lo-hi,extra")
+  config.task.holdout_sizes = ''  # sizes inside the training range never trained on
+
+  # --- model -------------------------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.width = 64
+  config.model.num_heads = 4
+  config.model.mlp_ratio = 4
+  config.model.prelude_layers = 1
+  config.model.core_layers = 1  # layers in the weight-shared block
+  config.model.coda_layers = 1
+  config.model.max_depth = 6  # D, iterations of the core at most
+  config.model.kind = 'recurrent'  # or 'standard': D unshared blocks (fixed decider only)
+  config.model.position = 'rope'  # 'rope' | 'learned' | 'sinusoidal' | 'none'
+  config.model.max_len = 512  # learned position table size
+  config.model.injection = 'add'  # 'add': h0 informs every iteration's update | 'none'
+  config.model.iteration_embedding = False
+  config.model.dtype = 'float32'  # matmul dtype; 'bfloat16' on accelerators
+  config.model.remat = False  # recompute each iteration in the backward pass (saves memory)
+
+  # --- decider -----------------------------------------------------------------------------
+  config.decider = ml_collections.ConfigDict()
+  config.decider.name = 'early'  # fixed | early | online | act | ponder | oracle
+  config.decider.gamma = 0.01  # weight of KL(q ‖ p_b)
+  # b; 1 = uniform prior (no depth penalty), >1 charges log b per iteration. 1.5 was chosen on
+  # parity with ANIRA-E, and the task study (experiments/study.py) shares it across tasks.
+  config.decider.prior_base = 1.5
+  config.decider.gumbel_temperature = 1.0
+  config.decider.rule = 'median'  # online/ponder inference: median | mode | threshold | sample
+  config.decider.threshold = 0.5  # CDF level of rule='threshold'
+  config.decider.head_hidden = 64  # decision-head MLP width
+  config.decider.init_depth_bias = 3.0  # deep start (logit margin towards deep computation)
+  config.decider.act_epsilon = 0.01
+  config.decider.act_penalty = 0.001  # τ, ACT's ponder-cost weight
+  config.decider.ponder_beta = 0.01
+  config.decider.ponder_lambda = 0.2  # λ_p, PonderNet's geometric prior
+  config.decider.ponder_kl = 'prior_q'  # KL(prior ‖ q) | 'q_prior'
+  config.decider.oracle_max_complexity = 0.0  # complexity mapped to depth D; 0 = largest train size
+
+  # --- training ----------------------------------------------------------------------------
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 2000
+  config.train.batch_size = 64  # global, across all devices and hosts
+  # Microbatches per step (gradients summed): memory of batch_size / this, same update.
+  config.train.grad_accumulation_steps = 1
+  config.train.learning_rate = 1e-3  # peak, after warmup
+  config.train.warmup_steps = 100
+  config.train.final_lr_fraction = 0.1  # cosine decay ends at this fraction of the peak
+  config.train.weight_decay = 0.01
+  config.train.grad_clip = 1.0  # global gradient norm
+  config.train.log_every = 50  # steps between metric lines (the only host syncs)
+  config.train.checkpoint_every = 500
+  config.train.keep_checkpoints = 3
+  config.train.preemption_check_every = 10  # steps between multi-host SIGTERM agreements
+
+  # --- devices -----------------------------------------------------------------------------
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1  # batch-parallel axis size; -1 = all devices the fsdp axis leaves
+  config.mesh.fsdp = 1  # axis over which params and optimizer state are split (and the batch)
+
+  # --- evaluation --------------------------------------------------------------------------
+  config.eval = ml_collections.ConfigDict()
+  config.eval.source = 'stream'  # 'stream' (procedural, fixed seed) | 'tfds' (stored sets)
+  config.eval.splits = ml_collections.ConfigDict({'in_distribution': '1-8'})  # name -> sizes
+  config.eval.data_dir = ''  # where 'tfds' sets live; '' = WORKDIR/eval_sets
+  config.eval.batch_size = 128
+  config.eval.num_batches = 4
+  config.eval.every_steps = 500
+  config.eval.max_depth = 0  # T at evaluation; 0 = the trained D
+  return config
 
 
 def _choice(path: str, value, allowed) -> None:

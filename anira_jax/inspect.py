@@ -40,7 +40,6 @@ from anira_jax.deciders.online import Online
 from anira_jax.training import checkpoint, loop
 from anira_jax.training import state as state_lib
 from anira_jax.training.checkpoint import CheckpointError
-from experiments import common
 
 RULE_DECIDERS = ('online', 'ponder')  # deciders whose inference rule can be changed
 CUSTOM_SIZES_SEED_OFFSET = 7_919  # stream of sizes that are not a configured evaluation split
@@ -372,7 +371,7 @@ def _config(mngr, step: int, workdir: pathlib.Path) -> ml_collections.ConfigDict
       stored = json.loads(fallback.read_text())
     except ValueError as e2:
       raise CheckpointError(f'{e}; and {fallback} is not valid JSON') from e2
-  config = ml_collections.ConfigDict(_with_defaults(stored, common.base_config().to_dict()))
+  config = ml_collections.ConfigDict(_with_defaults(stored, config_lib.default_config().to_dict()))
   try:
     config_lib.validate(config)
   except config_lib.ConfigError as e:

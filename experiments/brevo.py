@@ -16,12 +16,13 @@ smoke tests; combines with either scale).
   steps, bfloat16. Evaluated on the trained N, N = 20, and N = 31-36.
 """
 
+from anira_jax import config as config_lib
 from experiments import common
 
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
   common.check_scale(args.scale)
-  config = common.base_config()
+  config = config_lib.default_config()
   config.decider.name = args.decider
   config.task.name = 'brevo'
 

@@ -18,12 +18,13 @@ smoke tests; combines with either scale). The size is the input's size (list len
   trained sizes, size 12, and sizes 17-24.
 """
 
+from anira_jax import config as config_lib
 from experiments import common
 
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
   common.check_scale(args.scale)
-  config = common.base_config()
+  config = config_lib.default_config()
   config.decider.name = args.decider
   config.task.name = 'clrs'
 

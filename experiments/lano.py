@@ -19,12 +19,13 @@ has a ceiling well below 1; the study is how depth follows "expansion" (tasks/la
   is also evaluated on the strings of lower nonterminals (heights 1-5), never trained on alone.
 """
 
+from anira_jax import config as config_lib
 from experiments import common
 
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
   common.check_scale(args.scale)
-  config = common.base_config()
+  config = config_lib.default_config()
   config.decider.name = args.decider
   config.task.name = 'lano'
 

@@ -16,12 +16,13 @@ smoke tests; combines with either scale).
   batch 256, 50k steps, bfloat16. Evaluated on the trained L, L = 10, and L = 17-20.
 """
 
+from anira_jax import config as config_lib
 from experiments import common
 
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
   common.check_scale(args.scale)
-  config = common.base_config()
+  config = config_lib.default_config()
   config.decider.name = args.decider
   config.task.name = 'mano'
 

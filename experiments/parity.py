@@ -11,12 +11,13 @@ follow difficulty. Variants: `decider=NAME` (any registered decider), `quick` (a
 tests), `ponder` (PonderNet's sparse ±1 layout: 96 entries, train 1-48 non-zero, test 49-96).
 """
 
+from anira_jax import config as config_lib
 from experiments import common
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', quick=False, ponder=False)
-  config = common.base_config()
+  config = config_lib.default_config()
   config.decider.name = args.decider
 
   config.task.name = 'parity'
