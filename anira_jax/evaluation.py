@@ -41,6 +41,12 @@ def _jitted_eval_step(anira: Anira, max_depth: int | None, mesh):
                  out_shardings=out)
 
 
+def sampling_key(batch_index: int) -> jax.Array:
+  """The key of evaluation batch `batch_index`, for rule='sample': fixed, so evaluation and
+  inspection draw the same halting steps, and different for every batch."""
+  return jax.random.fold_in(jax.random.key(0), batch_index)
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
   """Spearman ρ, or None when either side is constant (ρ is undefined)."""
   if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -59,8 +65,8 @@ def evaluate_batches(anira: Anira, params: dict, batches: Iterable[dict],
   per_size = collections.defaultdict(lambda: np.zeros(5))  # tokens, correct, seqs, ok seqs, depth
   execution_cost = decision_cost = real_tokens = 0
   iterations = []
-  for batch in batches:
-    out = jax.device_get(eval_step(params, device_batch(batch)))
+  for index, batch in enumerate(batches):
+    out = jax.device_get(eval_step(params, device_batch(batch), sampling_key(index)))
     mask = batch['loss_mask']
     real = batch['tokens'] != 0
     answer_depth.append(out['depth'][mask])

@@ -147,10 +147,10 @@ def _halting_TxBxL(anira: Anira, params: dict, states_TxBxLxD, depth_BxL) -> jax
   return jnp.full(shape, jnp.nan, jnp.float32)
 
 
-def _trace_arrays(params, tokens_BxL, complexity_BxL, *, anira: Anira, max_depth: int,
+def _trace_arrays(params, tokens_BxL, complexity_BxL, key, *, anira: Anira, max_depth: int,
                   states: bool) -> dict:
-  out = anira.apply(params, tokens_BxL, train=False, complexity_BxL=complexity_BxL, path='loop',
-                    max_depth=max_depth, collect_states=True)
+  out = anira.apply(params, tokens_BxL, train=False, key=key, complexity_BxL=complexity_BxL,
+                    path='loop', max_depth=max_depth, collect_states=True)
   traj = out.trajectory
   step_logits_TxBxLxV = anira.readout_every_iteration(params, traj.states_TxBxLxD)
   probs_TxBxLxV = jax.nn.softmax(step_logits_TxBxLxV.astype(jnp.float32), -1)
@@ -213,8 +213,8 @@ class Run:
       raise ValueError(f'decider {cfg.name!r} has no inference rule to change; rules apply to '
                        f'{", ".join(RULE_DECIDERS)}')
     rule = rule or ('threshold' if threshold is not None else cfg.rule)
-    if rule not in config_lib.INFERENCE_RULES or rule == 'sample':
-      raise ValueError(f'rule={rule!r}; evaluation takes one of median, mode, threshold')
+    if rule not in config_lib.INFERENCE_RULES:
+      raise ValueError(f'rule={rule!r}; choose one of {", ".join(config_lib.INFERENCE_RULES)}')
     threshold = cfg.threshold if threshold is None else float(threshold)
     if not 0 < threshold < 1:
       raise ValueError(f'threshold={threshold} must lie in (0, 1)')
@@ -272,7 +272,7 @@ class Run:
 
   # --- inspection --------------------------------------------------------------------------
   def trace(self, batch_or_tokens, rule: str | None = None, threshold: float | None = None,
-            max_depth: int | None = None, states: bool = False) -> Trace:
+            max_depth: int | None = None, states: bool = False, batch_index: int = 0) -> Trace:
     """Per-token decisions of the inference loop on one batch.
 
     Args:
@@ -281,6 +281,7 @@ class Run:
       rule, threshold: inference rule for online/ponder (default: the trained one).
       max_depth: T for this pass (default: the trained D).
       states: also return the state after every iteration, [T, B, L, D].
+      batch_index: which evaluation batch's key rule='sample' draws with (as `evaluate` does).
     """
     anira = self.model(rule, threshold)
     max_depth = max_depth or self.max_depth
@@ -295,8 +296,8 @@ class Run:
       raise ValueError('the oracle decider reads the complexity annotation: trace a batch, '
                        'not bare tokens')
     complexity_BxL = np.asarray(batch.get('complexity', np.zeros(tokens_BxL.shape)), np.float32)
-    out = jax.device_get(_jitted_trace(anira, max_depth, states)(self.params, tokens_BxL,
-                                                                 complexity_BxL))
+    out = jax.device_get(_jitted_trace(anira, max_depth, states)(
+        self.params, tokens_BxL, complexity_BxL, evaluation.sampling_key(batch_index)))
     targets = batch.get('targets')
     return Trace(
         tokens=tokens_BxL, max_depth=max_depth,
@@ -311,8 +312,9 @@ class Run:
                   max_depth: int | None = None, num_batches: int | None = None,
                   batch_size: int | None = None, states: bool = False) -> Trace:
     """`trace` over every batch of a split (or sizes), concatenated."""
-    return concatenate([self.trace(b, rule, threshold, max_depth, states)
-                        for b in self.batches(split_or_sizes, num_batches, batch_size)])
+    return concatenate([self.trace(b, rule, threshold, max_depth, states, batch_index=i)
+                        for i, b in enumerate(self.batches(split_or_sizes, num_batches,
+                                                           batch_size))])
 
   def evaluate(self, split_or_sizes, rule: str | None = None, threshold: float | None = None,
                max_depth: int | None = None, num_batches: int | None = None,

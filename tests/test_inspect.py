@@ -54,8 +54,8 @@ def trained(tmp_path_factory):
 
 
 def _assert_same_as_evaluation(tr, anira, params, batch):
-  ev = jax.device_get(jax.jit(lambda p, b: step_lib.eval_step(p, b, anira=anira))(
-      params, evaluation.device_batch(batch)))
+  step = jax.jit(lambda p, b: step_lib.eval_step(p, b, evaluation.sampling_key(0), anira=anira))
+  ev = jax.device_get(step(params, evaluation.device_batch(batch)))
   np.testing.assert_array_equal(tr.depth, ev['depth'])
   np.testing.assert_allclose(tr.expected_depth, ev['expected_depth'], rtol=1e-6)
   np.testing.assert_array_equal(tr.correct, ev['correct'])
@@ -132,8 +132,23 @@ def test_rules_depths_and_tokens_at_evaluation(trained):
     run.trace('0 1 7')
   with pytest.raises(ValueError, match='no inference rule'):
     inspect.load(trained('fixed')).evaluate('in_distribution', rule='mode')
-  with pytest.raises(ValueError, match="neither an evaluation split"):
-    run.evaluate('longer')
+  with pytest.raises(ValueError, match="rule='vote'; choose one of"):
+    run.evaluate('in_distribution', rule='vote')
+
+
+def test_sampled_halting_is_reproducible_and_matches_evaluation(trained):
+  """rule='sample' draws halting steps from q with one fixed key per evaluation batch, so
+  tracing and evaluating the same batches agree, and every batch gets fresh draws."""
+  run = inspect.load(trained('online'))
+  sizes, counts = run.sizes('in_distribution'), dict(num_batches=2, batch_size=8)
+  sampled = run.trace_split(sizes, rule='sample', **counts)
+  again = run.trace_split(sizes, rule='sample', **counts)
+  np.testing.assert_array_equal(sampled.depth, again.depth)
+  result = run.evaluate(sizes, rule='sample', **counts)
+  answers = sampled.loss_mask.astype(bool)
+  assert result['mean_depth'] == pytest.approx(sampled.depth[answers].mean())
+  second = run.trace(run.batches(sizes, **counts)[1], rule='sample', batch_index=1)
+  np.testing.assert_array_equal(second.depth, sampled.depth[8:])
 
 
 def _valid_png(path):

@@ -72,10 +72,12 @@ def train_step(state: TrainState, batch: dict, *, anira: Anira, tx: optax.Gradie
   return new_state, {**metrics, 'grad_norm': grad_norm}
 
 
-def eval_step(params: dict, batch: dict, *, anira: Anira, max_depth: int | None = None) -> dict:
-  """Per-token outcomes of the inference loop on one batch, for host-side aggregation."""
-  out = anira.apply(params, batch['tokens'], train=False, complexity_BxL=batch['complexity'],
-                    path='loop', max_depth=max_depth)
+def eval_step(params: dict, batch: dict, key: jax.Array, *, anira: Anira,
+              max_depth: int | None = None) -> dict:
+  """Per-token outcomes of the inference loop on one batch, for host-side aggregation; `key` is
+  read only by rule='sample' (online, ponder)."""
+  out = anira.apply(params, batch['tokens'], train=False, key=key,
+                    complexity_BxL=batch['complexity'], path='loop', max_depth=max_depth)
   q_BxLxT = out.trajectory.decision.q_BxLxT
   return {
       'correct': jnp.argmax(out.logits_BxLxV, -1) == batch['targets'],
