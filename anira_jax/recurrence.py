@@ -58,6 +58,19 @@ def _finish(decider, params, h_BxLxD, state, depth_BxL, t_end, states_TxBxLxD):
   return Trajectory(readout, depth_BxL, decision, t_end, states_TxBxLxD)
 
 
+# What the training unroll keeps from each iteration's forward pass for the backward pass: the
+# outputs of the weight matmuls (q/k/v, output projection, MLP in and out, decision heads), not
+# the elementwise intermediates around them (norm statistics, RoPE, GELU's tanh terms, the
+# freezing mask, softmax) nor the attention matmuls, which are recomputed inside the backward
+# pass's own fused loops. Without a policy `lax.scan` stacks every intermediate of every
+# iteration into [T, ...] buffers; on XLA:CPU that stacking (zero-filled, freshly page-faulted
+# memory, written then read back each step) was much of why the backward pass cost ~5x the
+# forward; this policy cut the whole train step by ~25% (benchmarks/train_step.py). On
+# accelerators it is the usual memory-for-recompute trade. The function is the same: only
+# what is stored changes.
+RESIDUALS_POLICY = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+
+
 def unroll(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD: jax.Array,
            ctx: deciders_base.Context, *, collect_states: bool = False, remat: bool = False,
            skip_idle: bool = False) -> Trajectory:
@@ -69,8 +82,9 @@ def unroll(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD:
     carry = _iteration(net, decider, params, h0_BxLxD, carry, t, skip_idle)
     return carry, (carry[0] if collect_states else None)
 
-  if remat:
-    step = jax.checkpoint(step)
+  # Always a checkpoint: `remat` recomputes the whole iteration in the backward pass; otherwise
+  # only the outputs of the weight matmuls are kept (RESIDUALS_POLICY).
+  step = jax.checkpoint(step, policy=None if remat else RESIDUALS_POLICY)
   steps_T = jnp.arange(1, ctx.max_depth + 1, dtype=jnp.int32)
   (h_BxLxD, state, depth_BxL), states = jax.lax.scan(
       step, (h0_BxLxD, state, depth_BxL), steps_T)
