@@ -4,7 +4,8 @@
 
 Trains every (task, decider) pair as `experiments/TASK.py:decider=NAME` in OUT/TASK/NAME
 (resuming when already there), runs `--mode=analyze`'s analyses on each, and writes OUT/study.md
-and OUT/study.json. As in the paper, both deciders share γ, b and the learning rate: those of
+and OUT/study.json. A run whose results.json and analysis.json already cover its last step is
+read, not recomputed; delete them to redo it. As in the paper, both deciders share γ, b and the learning rate: those of
 the task's config (chosen for ANIRA-E); `--config_overrides` changes them for every run at once.
 """
 
@@ -79,6 +80,17 @@ def row(task: str, decider: str, results: dict, analysis: dict) -> dict:
   return entry
 
 
+def finished_run(config, workdir: pathlib.Path) -> tuple[dict, dict]:
+  """(results, analysis) of the run in `workdir`: trained (or resumed) and analysed, unless
+  both files already describe its final step, which makes rerunning the study cheap."""
+  stored = [workdir / 'results.json', workdir / 'analysis.json']
+  if all(f.exists() for f in stored):
+    results, analysis = (json.loads(f.read_text()) for f in stored)
+    if results['step'] == analysis['step'] == config.train.steps:
+      return results, analysis
+  return loop.train_and_evaluate(config, workdir), analysis_run.analyze(workdir)
+
+
 def table(rows: list[dict], settings: str) -> str:
   lines = [f'Shared settings: {settings}.', '',
            '| task | decider | acc in dist. | acc held-out | acc longer | depth in dist. '
@@ -128,10 +140,7 @@ def run_study(out: pathlib.Path) -> None:
       config = module.get_config(f'decider={decider}')
       apply_overrides(config, _OVERRIDES.value)
       settings.add(shared_settings(config))
-      workdir = out / task / decider
-      results = loop.train_and_evaluate(config, workdir)
-      analysis = analysis_run.analyze(workdir)
-      rows.append(row(task, decider, results, analysis))
+      rows.append(row(task, decider, *finished_run(config, out / task / decider)))
   out.mkdir(parents=True, exist_ok=True)
   text = table(rows, '; '.join(sorted(settings)))
   (out / 'study.json').write_text(json.dumps(rows, indent=2) + '\n')
