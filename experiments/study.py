@@ -29,7 +29,7 @@ _OVERRIDES = flags.DEFINE_list(
     'config_overrides', [], 'FIELD=VALUE pairs applied to every run, e.g. decider.gamma=0.02.')
 
 # Per task, the feature the paper correlates depth with, besides the complexity annotation.
-ALIGNMENT_FEATURE = {'brevo': 'dfs_depth', 'mano': 'node_depth', 'lano': 'expansion'}
+ALIGNMENT_FEATURE = {'brevo': 'dfs_depth', 'mano': 'tree_height', 'lano': 'expansion'}
 
 
 def _fmt(x, digits=3) -> str:

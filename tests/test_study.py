@@ -36,7 +36,7 @@ def test_row_and_table_carry_every_number():
   assert '3: 1.50 · 4: 2.25' in text
   assert '| early | 40 | 0.280 | 0.300 | 0.100 |' in text
   no_timing = study.table([study.row('mano', 'online', _results(10), _analysis(10, False))], '')
-  assert 'node_depth: –' in no_timing and 'Decision timing' not in no_timing
+  assert 'tree_height: –' in no_timing and 'Decision timing' not in no_timing
 
 
 def test_overrides_are_typed_and_checked():
