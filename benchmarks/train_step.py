@@ -194,7 +194,8 @@ def torch_trainer(torch, model: ModelConfig, jax_params: dict, data: dict):
 
 
 def jax_trainer(model: ModelConfig, data: dict):
-  """(step function, initial params): the project's jitted train step, as `training.loop` runs it."""
+  """(step function, initial params): the project's jitted train step, as `training.loop` runs
+  it."""
   anira = Anira(model, DeciderConfig(name='fixed'))
   tx = state_lib.make_optimizer(ml_collections.ConfigDict(TRAIN))
   state = state_lib.create(anira, tx, jax.random.key(0))

@@ -6,9 +6,10 @@
 
 Trains ANIRA-E on bit strings of length 1-16 and evaluates in distribution and on longer strings
 (17-24, never seen). The shared depth prior b = 1.5 charges log 1.5 per iteration; without a
-charge (b = 1) on strings up to 8 long, every token can be answered at depth 1 and depth need not
-follow difficulty. Variants: `decider=NAME` (any registered decider), `quick` (a few steps, for smoke
-tests), `ponder` (PonderNet's sparse ±1 layout: 96 entries, train 1-48 non-zero, test 49-96).
+charge (b = 1) on strings up to 8 long, every token can be answered at depth 1 and depth need
+not follow difficulty. Variants: `decider=NAME` (any registered decider), `quick` (a few steps,
+for smoke tests), `ponder` (PonderNet's sparse ±1 layout: 96 entries, train 1-48 non-zero, test
+49-96).
 """
 
 from anira_jax import config as config_lib

@@ -5,8 +5,9 @@
 Trains every (task, decider) pair as `experiments/TASK.py:decider=NAME` in OUT/TASK/NAME
 (resuming when already there), runs `--mode=analyze`'s analyses on each, and writes OUT/study.md
 and OUT/study.json. A run whose results.json and analysis.json already cover its last step is
-read, not recomputed; delete them to redo it. As in the paper, both deciders share γ, b and the learning rate: those of
-the task's config (chosen for ANIRA-E); `--config_overrides` changes them for every run at once.
+read, not recomputed; delete them to redo it. As in the paper, both deciders share γ, b and the
+learning rate: those of the task's config (b = 1.5 was chosen on parity with ANIRA-E);
+`--config_overrides` changes them for every run at once.
 """
 
 from __future__ import annotations
