@@ -29,7 +29,8 @@ _DECIDERS = flags.DEFINE_list('deciders', ['early', 'online'], 'Deciders to comp
 _OVERRIDES = flags.DEFINE_list(
     'config_overrides', [], 'FIELD=VALUE pairs applied to every run, e.g. decider.gamma=0.02.')
 
-# Per task, the feature the paper correlates depth with, besides the complexity annotation.
+# Per task, the per-token feature E[d] is correlated with besides the complexity annotation
+# (for LANO, the paper's "expansion").
 ALIGNMENT_FEATURE = {'brevo': 'dfs_depth', 'mano': 'tree_height', 'lano': 'expansion'}
 
 
@@ -49,7 +50,12 @@ def apply_overrides(config, overrides: list[str]) -> None:
       node = node[key]
     if leaf not in node:
       raise ValueError(f'--config_overrides: no config field {path!r}')
-    node[leaf] = type(node[leaf])(text)
+    if isinstance(node[leaf], bool):
+      if text.lower() not in ('true', 'false'):
+        raise ValueError(f'--config_overrides: {path}={text!r}, expected true or false')
+      node[leaf] = text.lower() == 'true'
+    else:
+      node[leaf] = type(node[leaf])(text)
 
 
 def shared_settings(config) -> str:
@@ -134,6 +140,10 @@ def main(argv):
 
 
 def run_study(out: pathlib.Path) -> None:
+  unknown = set(_TASKS.value) - set(ALIGNMENT_FEATURE)
+  if unknown:
+    raise ValueError(f'--tasks: unknown {sorted(unknown)}; the study runs '
+                     f'{", ".join(ALIGNMENT_FEATURE)}')
   rows, settings = [], set()
   for task in _TASKS.value:
     module = common.load_module(pathlib.Path(__file__).parent / f'{task}.py')
