@@ -11,8 +11,6 @@ thread serves one process. Figures are also written to benchmarks/data.json.
 """
 
 import functools
-import json
-import pathlib
 
 import jax
 from absl import app, flags
@@ -77,7 +75,7 @@ def main(argv):
     print(f'{name:<8}{r["generated_examples_per_s_train_sizes"]:>18.0f}'
           f'{r["generated_examples_per_s_largest_size"]:>20.0f}'
           f'{r["consumed_examples_per_s"]:>11.0f}{r["headroom"]:>9.1f}x')
-  pathlib.Path(_OUT.value).write_text(json.dumps(results, indent=2) + '\n')
+  timing.write_results(results, _OUT.value)
 
 
 if __name__ == '__main__':

@@ -27,8 +27,6 @@ timings are medians of --repeats calls after one warm-up (compilation) call.
 from __future__ import annotations
 
 import functools
-import json
-import pathlib
 import resource
 
 import jax
@@ -261,10 +259,7 @@ def main(argv):
                                  tokens_per_batch)
   results['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f'peak resident memory of this process: {results["peak_rss_mb"]:.0f} MB')
-  out = pathlib.Path(_OUT.value)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(results, indent=1))
-  print(f'wrote {out}')
+  timing.write_results(results, _OUT.value)
 
 
 if __name__ == '__main__':

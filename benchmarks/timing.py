@@ -1,5 +1,7 @@
-"""Timing shared by the benchmarks: medians of repeated calls after a warm-up."""
+"""What the benchmarks share: medians of repeated calls after a warm-up, and the JSON output."""
 
+import json
+import pathlib
 import time
 
 import jax
@@ -16,3 +18,11 @@ def median_seconds(fn, repeats: int) -> float:
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return float(np.median(times))
+
+
+def write_results(results: dict, path: str) -> None:
+  """`results` as JSON at `path` (folders created), and a line saying where."""
+  out = pathlib.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(results, indent=1) + '\n')
+  print(f'wrote {out}')

@@ -23,10 +23,8 @@ imported here; it is the optional `bench` extra (`pip install -e .[bench]`).
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import pathlib
 import platform
 import sys
 import time
@@ -36,6 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
+
+from benchmarks import timing
 
 from anira_jax.anira import Anira, num_params
 from anira_jax.config import DeciderConfig, ModelConfig
@@ -295,10 +295,7 @@ def main(argv):
         f'{results["jax_over_torch_time"]:.2f} (ratio of medians), '
         f'{results["jax_over_torch_time_paired_median"]:.2f} (median of paired ratios); '
         f'< 1 means JAX is faster')
-  out = pathlib.Path(_OUT.value)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(results, indent=1))
-  print(f'wrote {out}')
+  timing.write_results(results, _OUT.value)
 
 
 if __name__ == '__main__':
