@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from anira_jax import recurrence
 from anira_jax.training import checkpoint, loop
 from anira_jax.training import state as state_lib
 from anira_jax.training import step as step_lib
@@ -230,3 +231,15 @@ def test_bfloat16_matmuls_track_float32():
                     for t in (grads, ref_grads))
   cosine = jnp.dot(flat, ref_flat) / (jnp.linalg.norm(flat) * jnp.linalg.norm(ref_flat))
   assert cosine > 0.99, cosine
+
+
+def test_residual_policy_gives_plain_autodiff_gradients(monkeypatch):
+  """The training unroll's policy (keep only weight-matmul outputs) changes what is stored, not
+  the gradient: the same as saving every intermediate, i.e. plain reverse mode."""
+  fn, args = _gradients_with('online')
+  grads, metrics = jax.jit(fn)(*args)
+  monkeypatch.setattr(recurrence, 'RESIDUALS_POLICY', jax.checkpoint_policies.everything_saveable)
+  ref_fn, ref_args = _gradients_with('online')
+  ref_grads, ref_metrics = jax.jit(ref_fn)(*ref_args)
+  chex.assert_trees_all_close(grads, ref_grads, atol=1e-6, rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], rtol=1e-6)
