@@ -11,18 +11,20 @@ Logits, depths and q equal the masked path's (tested for every decider).
 What must be computed at iteration t. The masked path defines a frozen token's keys/values as
 those of its frozen state *at iteration t*; this module reproduces that exactly:
 - `active`: real (non-padding) tokens the decider runs at t. Their states change.
-- layer-1 keys/values are a function of the token's own state alone, so they are cached and
-  recomputed only for `dirty` tokens, whose state changed in iteration t-1 (a token that just
-  froze gets the keys/values of its final state once, by a cheap keys/values-only pass).
+- layer-1 keys/values are a function of the token's own state alone. In the compacted phase the
+  cache holds them for every token's current state: a compacted step projects only queries for
+  layer 1 and, once it has the new states of its active tokens, writes their keys/values (the
+  next iteration's, and a token that just froze keeps those). One dense keys/values-only pass
+  makes the cache current when the dense phase hands over.
 - with `core_layers` > 1 the keys/values of layer 2.. of a frozen token j depend on what its
   layer-1 query read, i.e. on every token k <= j. They are stale whenever some k <= j changed
   state, so those frozen tokens are recomputed too (their state is not updated): the compute
   set is `active | (valid & cumulative-or of dirty along the sequence)`. Exact, but a
   multi-layer core saves work only where the still-running tokens are late in the sequence.
 - with an iteration embedding (or the `standard` unshared core), every frozen token's layer-1
-  keys/values change each iteration (x = h + h0 + e_t); they are re-projected each iteration
-  (keys/values only, ~1/6 of a block) and, with more than one layer, the whole sequence is
-  recomputed, i.e. the dense path.
+  keys/values change each iteration (x = h + h0 + e_t); they are re-projected for the whole
+  sequence at the start of each compacted iteration (keys/values only, ~1/6 of a block) and,
+  with more than one layer, the whole sequence is recomputed, i.e. the dense path.
 
 Buckets and the dense fall-back. The compute set's size per row is known only on device (for
 online deciders it shrinks as tokens halt), so the recurrence stays on device, with no host round
@@ -33,7 +35,7 @@ trip per iteration and one compilation per (batch, length) shape, as two `lax.wh
 - then (active sets only shrink) a compacted phase whose body picks, with `lax.switch`, among
   precompiled steps, one per bucket size S: a geometric ladder (growth 1.25, multiples of 8, up
   to the dense threshold; see `bucket_sizes`), so above ~64 tokens a buffer wastes at most ~1/5
-  of its slots. The keys/values-only refresh picks its own (power-of-two) bucket the same way.
+  of its slots.
 Nothing recompiles across batches of one shape whatever the active counts (tested).
 
 Buffers hold one row's tokens (S = the batch-wide maximum over rows, so rows whose counts
@@ -63,7 +65,7 @@ class Work(NamedTuple):
   dense_iterations: jax.Array  # iterations run by the dense step
   compacted_iterations: jax.Array  # iterations run on a gathered bucket
   token_slots: jax.Array  # Σ over iterations of B · buffer size (B · L for a dense iteration)
-  refresh_slots: jax.Array  # Σ of B · buffer size of the keys/values-only refreshes
+  refresh_slots: jax.Array  # Σ of B · L over the dense keys/values-only passes
 
 
 class CompactedOutput(NamedTuple):
@@ -89,17 +91,6 @@ def bucket_sizes(length: int, *, dense_fraction: float = 0.75, min_size: int = 1
     sizes.add(min(limit, int(-(-np.ceil(s) // granule) * granule)))
     s *= growth
   return tuple(sorted(sizes))
-
-
-def _refresh_sizes(buckets: Sequence[int]) -> tuple[int, ...]:
-  """Coarser (power-of-two) sizes for the cheap keys/values-only pass, within the buckets."""
-  if not buckets:
-    return ()
-  sizes, s = [], buckets[0]
-  while s < buckets[-1]:
-    sizes.append(s)
-    s *= 2
-  return tuple(sizes) + (buckets[-1],)
 
 
 def _indices(mask_BxL: jax.Array, size: int) -> jax.Array:
@@ -138,7 +129,7 @@ class _Carry(NamedTuple):
   h_BxLxD: jax.Array
   state: dict
   depth_BxL: jax.Array
-  dirty_BxL: jax.Array  # layer-1 keys/values in the cache are stale (the state changed)
+  dirty_BxL: jax.Array  # tokens whose state changed in iteration t
   k_cache: tuple  # per core layer [B, L, H, K]: every token's key as of its current inputs
   v_cache: tuple
   work: Work
@@ -155,7 +146,6 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
   cache_dtype = jnp.dtype(cfg.dtype)
   kv_shape = (batch, length, cfg.num_heads, cfg.head_dim)
   stale_every_iteration = cfg.iteration_embedding or cfg.kind == 'standard'
-  refresh_buckets = _refresh_sizes(buckets)
   dense_limit = buckets[-1] if buckets else 0  # compute sets larger than this run dense
 
   def dense_step(t, active_BxL, h_BxLxD, k_cache, v_cache):
@@ -165,44 +155,48 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
     for i, block in enumerate(net.core_blocks(params['model'], t)):
       q, k, v = layers.project(cfg, block, x_BxLxD, positions_L)
       k_cache[i], v_cache[i] = k.astype(cache_dtype), v.astype(cache_dtype)
-      attn = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+      attn = layers.attention(q, k, v, layers.causal_mask(positions_L))
       x_BxLxD = layers.update(cfg, block, x_BxLxD, attn)
     h_new_BxLxD = h_BxLxD + (x_BxLxD - x0_BxLxD)
     h_BxLxD = jnp.where(active_BxL[..., None], h_new_BxLxD, h_BxLxD)
     return h_BxLxD, tuple(k_cache), tuple(v_cache)
 
+  def refresh(t, h_BxLxD, k_cache, v_cache):
+    """Layer-1 keys/values of every token's current state at iteration t (one dense pass)."""
+    block = net.core_blocks(params['model'], t)[0]
+    x_BxLxD = net.core_input(params['model'], h_BxLxD, h0_BxLxD, t)
+    k, v = layers.keys_values(cfg, block, x_BxLxD, positions_L)
+    return ((k.astype(cache_dtype),) + tuple(k_cache[1:]),
+            (v.astype(cache_dtype),) + tuple(v_cache[1:]))
+
   def compact_step(size, t, compute_BxL, active_BxL, h_BxLxD, k_cache, v_cache):
-    """The core on the compute set gathered into [B, size]; only active tokens keep results."""
+    """The core on the compute set gathered into [B, size]; only active tokens keep results.
+    Layer 1 reads every token's keys/values from the cache, current on entry."""
     idx_BxS = _indices(compute_BxL, size)
     pos_BxS = jnp.minimum(idx_BxS, length - 1)
-    h_BxSxD = _gather(h_BxLxD, idx_BxS)
-    x_BxSxD = x0_BxSxD = net.core_input(params['model'], h_BxSxD, _gather(h0_BxLxD, idx_BxS), t)
+    h_BxSxD, h0_BxSxD = _gather(h_BxLxD, idx_BxS), _gather(h0_BxLxD, idx_BxS)
+    x_BxSxD = x0_BxSxD = net.core_input(params['model'], h_BxSxD, h0_BxSxD, t)
+    blocks = net.core_blocks(params['model'], t)
     k_cache, v_cache = list(k_cache), list(v_cache)
-    for i, block in enumerate(net.core_blocks(params['model'], t)):
-      q, k, v = layers.project(cfg, block, x_BxSxD, pos_BxS)
-      k_cache[i] = _scatter(k_cache[i], idx_BxS, k)
-      v_cache[i] = _scatter(v_cache[i], idx_BxS, v)
+    for i, block in enumerate(blocks):
+      if i == 0:
+        q = layers.queries(cfg, block, x_BxSxD, pos_BxS)
+      else:
+        q, k, v = layers.project(cfg, block, x_BxSxD, pos_BxS)
+        k_cache[i] = _scatter(k_cache[i], idx_BxS, k)
+        v_cache[i] = _scatter(v_cache[i], idx_BxS, v)
       attn = layers.attend(q, k_cache[i], v_cache[i], pos_BxS, positions_L)
       x_BxSxD = layers.update(cfg, block, x_BxSxD, attn)
     keep_BxS = jnp.where(_gather(active_BxL, idx_BxS) & (idx_BxS < length), idx_BxS,
                          idx_BxS + length)  # distinct and out of range: dropped
-    h_BxLxD = _scatter(h_BxLxD, keep_BxS, h_BxSxD + (x_BxSxD - x0_BxSxD))
+    h_new_BxSxD = h_BxSxD + (x_BxSxD - x0_BxSxD)
+    h_BxLxD = _scatter(h_BxLxD, keep_BxS, h_new_BxSxD)
+    if not stale_every_iteration:  # the input h + h0 does not depend on t: write it now
+      x_new_BxSxD = net.core_input(params['model'], h_new_BxSxD, h0_BxSxD, t + 1)
+      k, v = layers.keys_values(cfg, blocks[0], x_new_BxSxD, pos_BxS)
+      k_cache[0] = _scatter(k_cache[0], keep_BxS, k)
+      v_cache[0] = _scatter(v_cache[0], keep_BxS, v)
     return h_BxLxD, tuple(k_cache), tuple(v_cache)
-
-  def refresh_step(size, t, refresh_BxL, h_BxLxD, k_cache, v_cache):
-    """Layer-1 keys/values of the refresh set from the tokens' current states."""
-    block = net.core_blocks(params['model'], t)[0]
-    if size is None:  # everything: cheaper than a gather when most tokens are stale
-      x_BxLxD = net.core_input(params['model'], h_BxLxD, h0_BxLxD, t)
-      k, v = layers.keys_values(cfg, block, x_BxLxD, positions_L)
-      k_new, v_new = k.astype(cache_dtype), v.astype(cache_dtype)
-    else:
-      idx_BxS = _indices(refresh_BxL, size)
-      x_BxSxD = net.core_input(params['model'], _gather(h_BxLxD, idx_BxS),
-                               _gather(h0_BxLxD, idx_BxS), t)
-      k, v = layers.keys_values(cfg, block, x_BxSxD, jnp.minimum(idx_BxS, length - 1))
-      k_new, v_new = _scatter(k_cache[0], idx_BxS, k), _scatter(v_cache[0], idx_BxS, v)
-    return (k_new,) + tuple(k_cache[1:]), (v_new,) + tuple(v_cache[1:])
 
   def plan(carry: _Carry):
     """Iteration t = carry.t + 1: who runs, who must be computed, the largest row's count."""
@@ -235,37 +229,40 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
     t, active_BxL, compute_BxL, count = plan(carry)
     main = _switch_index(count, buckets)
     dense = main == len(buckets)  # (only if the active set grew, which no decider does)
-    # Layer-1 keys/values of tokens that changed but are not computed now (they just froze).
-    refresh_BxL = carry.dirty_BxL & ~compute_BxL
-    refresh_count = jnp.max(jnp.sum(refresh_BxL, axis=1, dtype=jnp.int32))
-    which = jnp.where(dense | (refresh_count == 0), 0,
-                      1 + _switch_index(refresh_count, refresh_buckets))
+
+    def dense_then_refresh(h_BxLxD, k_cache, v_cache):
+      h_BxLxD, k_cache, v_cache = dense_step(t, active_BxL, h_BxLxD, k_cache, v_cache)
+      if not stale_every_iteration:
+        k_cache, v_cache = refresh(t + 1, h_BxLxD, k_cache, v_cache)
+      return h_BxLxD, k_cache, v_cache
 
     def compacted(h_BxLxD, k_cache, v_cache):
-      refreshes = [lambda h, k, v: (k, v)]
-      refreshes += [lambda h, k, v, s=s: refresh_step(s, t, refresh_BxL, h, k, v)
-                    for s in (*refresh_buckets, None)]
-      k_cache, v_cache = jax.lax.switch(which, refreshes, h_BxLxD, k_cache, v_cache)
+      if stale_every_iteration:
+        k_cache, v_cache = refresh(t, h_BxLxD, k_cache, v_cache)
       steps = [lambda h, k, v, s=s: compact_step(s, t, compute_BxL, active_BxL, h, k, v)
                for s in buckets]
       return jax.lax.switch(jnp.minimum(main, len(buckets) - 1), steps, h_BxLxD, k_cache,
                             v_cache)
 
-    h_BxLxD, k_cache, v_cache = jax.lax.cond(
-        dense, lambda h, k, v: dense_step(t, active_BxL, h, k, v), compacted,
-        carry.h_BxLxD, carry.k_cache, carry.v_cache)
+    h_BxLxD, k_cache, v_cache = jax.lax.cond(dense, dense_then_refresh, compacted,
+                                             carry.h_BxLxD, carry.k_cache, carry.v_cache)
     sizes = jnp.asarray((*buckets, length), jnp.int32)
-    refresh_sizes = jnp.asarray((0, *refresh_buckets, length), jnp.int32)
+    refreshed = dense != stale_every_iteration  # a refresh pass ran in either branch
     w = carry.work
     work = Work(w.dense_iterations + dense.astype(jnp.int32),
                 w.compacted_iterations + (~dense).astype(jnp.int32),
                 w.token_slots + batch * sizes[main],
-                w.refresh_slots + batch * refresh_sizes[which])
+                w.refresh_slots + batch * length * refreshed.astype(jnp.int32))
     return advance(carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work)
 
   def more(carry: _Carry):
     next_runs = decider.runs(carry.state, jnp.minimum(carry.t + 1, ctx.max_depth)) > 0.5
     return (carry.t < ctx.max_depth) & jnp.any(next_runs & valid_BxL)
+
+  def refresh_carry(carry: _Carry) -> _Carry:
+    k_cache, v_cache = refresh(carry.t + 1, carry.h_BxLxD, carry.k_cache, carry.v_cache)
+    work = carry.work._replace(refresh_slots=carry.work.refresh_slots + batch * length)
+    return carry._replace(k_cache=k_cache, v_cache=v_cache, work=work)
 
   def more_dense(carry: _Carry):
     return more(carry) & (plan(carry)[3] > dense_limit)
@@ -279,6 +276,8 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
   # masked loop's cost when no token halts — and a compacted phase.
   carry = jax.lax.while_loop(more_dense, dense_body, init)
   if buckets:
+    if not stale_every_iteration:  # the cache holds the last dense iteration's inputs
+      carry = jax.lax.cond(more(carry), refresh_carry, lambda c: c, carry)
     carry = jax.lax.while_loop(more, compacted_body, carry)
   decision = decider.finish(params['decider'], carry.state, carry.h_BxLxD, carry.t,
                             carry.depth_BxL)

@@ -1,10 +1,14 @@
-"""Test-wide settings: fail on implicit rank promotion, and tiny shared model configs."""
+"""Test-wide settings: fail on implicit rank promotion, reuse freed host memory as launch.py does,
+and tiny shared model configs."""
 
 import jax
 import numpy as np
 import pytest
 
+from anira_jax import host_memory
+
 jax.config.update('jax_numpy_rank_promotion', 'raise')
+host_memory.reuse_freed_memory()  # before the first computation creates JAX's CPU client
 
 from anira_jax.config import DeciderConfig, ModelConfig  # noqa: E402
 

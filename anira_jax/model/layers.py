@@ -7,6 +7,7 @@ A block is also usable in pieces, for execution schedules that do not run every 
 step (compacted inference, KV-cache decoding):
 
     q, k, v = project(cfg, block_params, x, positions)      # pre-norm, q/k/v, RoPE
+                                                             # (or queries / keys_values alone)
     attn = attend(q, k_cache, v_cache, q_positions, k_positions)  # causal by original position
     x = update(cfg, block_params, x, attn)                   # output projection, MLP, residuals
 
@@ -78,6 +79,10 @@ class Block(nn.Module):
     k_BxLxHxK = self._rope(self.key(h_BxLxD), positions)
     return q_BxLxHxK, k_BxLxHxK, self.value(h_BxLxD)
 
+  def queries(self, x_BxLxD: jax.Array, positions: jax.Array):
+    """q only: for tokens whose keys/values are already in a cache."""
+    return self._rope(self.query(self.attn_norm(x_BxLxD)), positions)
+
   def keys_values(self, x_BxLxD: jax.Array, positions: jax.Array):
     """(k, v) only: what a token that is not queried this step shows to the others."""
     h_BxLxD = self.attn_norm(x_BxLxD)
@@ -92,14 +97,18 @@ class Block(nn.Module):
 
   def __call__(self, x_BxLxD: jax.Array, positions_L: jax.Array) -> jax.Array:
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = self.project(x_BxLxD, positions_L)
-    attn_BxLxHxK = jax.nn.dot_product_attention(
-        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, is_causal=True)
+    attn_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal_mask(positions_L))
     return self.update(x_BxLxD, attn_BxLxHxK)
 
 
 def project(cfg: ModelConfig, params: dict, x_BxLxD: jax.Array, positions: jax.Array):
   """`Block.project` as a pure function of one block's params."""
   return Block(cfg).apply({'params': params}, x_BxLxD, positions, method=Block.project)
+
+
+def queries(cfg: ModelConfig, params: dict, x_BxLxD: jax.Array, positions: jax.Array):
+  """`Block.queries` as a pure function of one block's params."""
+  return Block(cfg).apply({'params': params}, x_BxLxD, positions, method=Block.queries)
 
 
 def keys_values(cfg: ModelConfig, params: dict, x_BxLxD: jax.Array, positions: jax.Array):
@@ -112,6 +121,41 @@ def update(cfg: ModelConfig, params: dict, x_BxLxD: jax.Array, attn_BxLxHxK: jax
   return Block(cfg).apply({'params': params}, x_BxLxD, attn_BxLxHxK, method=Block.update)
 
 
+def causal_mask(positions_L: jax.Array) -> jax.Array:
+  """[1, L, L]: query i sees key j iff j <= i (one sequence, shared by the batch)."""
+  return (positions_L[None, :] <= positions_L[:, None])[None]
+
+
+def attention(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
+              mask_BxSxN: jax.Array) -> jax.Array:
+  """Softmax attention of S queries over N keys where `mask` (broadcast over heads) allows.
+
+  Written out rather than `jax.nn.dot_product_attention` because of what XLA:CPU makes of that
+  one: it normalises the [B, H, S, N] probabilities before the value matmul and then copies them
+  into a transposed layout, two extra passes over the largest array of the layer. Here the heads
+  lead (one [S, K] x [K, N] matmul per batch row and head), the exponentials go into the value
+  matmul unnormalised and the [B, H, S, K] output is divided by the row sums instead: the same
+  function (to float rounding) in ~2/3 of the time at L = 512 and ~1/2 for a gathered subset of
+  queries (benchmarks/inference.py). Scores and softmax are float32 whatever the matmul dtype;
+  a row with no visible key (never formed here) would average all values instead of failing.
+  """
+  dtype = q_BxSxHxK.dtype
+  scale = q_BxSxHxK.shape[-1] ** -0.5
+  q_BxHxSxK = jnp.transpose(q_BxSxHxK * jnp.asarray(scale, dtype), (0, 2, 1, 3))
+  k_BxHxNxK = jnp.transpose(k_BxNxHxK, (0, 2, 1, 3))
+  v_BxHxNxK = jnp.transpose(v_BxNxHxK, (0, 2, 1, 3))
+  scores_BxHxSxN = jnp.einsum('bhsk,bhnk->bhsn', q_BxHxSxK, k_BxHxNxK,
+                              preferred_element_type=jnp.float32)
+  scores_BxHxSxN = jnp.where(mask_BxSxN[:, None], scores_BxHxSxN, -1e30)
+  # The max only keeps exp in range; holding it constant leaves the gradient unchanged.
+  max_BxHxSx1 = jax.lax.stop_gradient(jnp.max(scores_BxHxSxN, axis=-1, keepdims=True))
+  weights_BxHxSxN = jnp.exp(scores_BxHxSxN - max_BxHxSx1)
+  total_BxHxSx1 = jnp.sum(weights_BxHxSxN, axis=-1, keepdims=True)
+  out_BxHxSxK = jnp.einsum('bhsn,bhnk->bhsk', weights_BxHxSxN.astype(dtype), v_BxHxNxK,
+                           preferred_element_type=jnp.float32) / total_BxHxSx1
+  return jnp.transpose(out_BxHxSxK, (0, 2, 1, 3)).astype(dtype)
+
+
 def attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
            q_positions_BxS: jax.Array, k_positions_N: jax.Array) -> jax.Array:
   """Attention of S queries over N keys, causal by ORIGINAL sequence position.
@@ -120,8 +164,8 @@ def attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
   a gathered subset of queries over the whole key cache gives what the full causal block gives
   those tokens. Returns [B, S, H, K].
   """
-  mask_Bx1xSxN = k_positions_N[None, None, None, :] <= q_positions_BxS[:, None, :, None]
-  return jax.nn.dot_product_attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, mask=mask_Bx1xSxN)
+  mask_BxSxN = k_positions_N[None, None, :] <= q_positions_BxS[:, :, None]
+  return attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, mask_BxSxN)
 
 
 class Stack(nn.Module):

@@ -1,0 +1,81 @@
+"""The hand-written attention against JAX's own, and the host-memory setting."""
+
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anira_jax.model import layers
+
+
+def _qkv(key, batch=2, queries=5, keys=7, heads=3, head_dim=8, dtype=jnp.float32):
+  kq, kk, kv = jax.random.split(key, 3)
+  shape = lambda n: (batch, n, heads, head_dim)
+  return (jax.random.normal(kq, shape(queries), dtype),
+          3.0 * jax.random.normal(kk, shape(keys), dtype), jax.random.normal(kv, shape(keys), dtype))
+
+
+def _reference(q, k, v, mask_BxSxN):
+  return jax.nn.dot_product_attention(q, k, v, mask=mask_BxSxN[:, None])
+
+
+class AttentionTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_causal_equals_jax_attention(self):
+    q, k, v = _qkv(jax.random.key(0), queries=7)
+    mask = layers.causal_mask(jnp.arange(7))
+    out = self.variant(layers.attention)(q, k, v, mask)
+    chex.assert_shape(out, q.shape)
+    ref = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_any_mask_with_a_visible_key_per_query(self):
+    q, k, v = _qkv(jax.random.key(1))
+    mask = jax.random.bernoulli(jax.random.key(2), 0.4, (2, 5, 7)).at[:, :, 3].set(True)
+    out = self.variant(layers.attention)(q, k, v, mask)
+    np.testing.assert_allclose(out, _reference(q, k, v, mask), atol=1e-5)
+
+  def test_gradients_equal_jax_attention(self):
+    q, k, v = _qkv(jax.random.key(3))
+    mask = jax.random.bernoulli(jax.random.key(4), 0.5, (2, 5, 7)).at[:, :, 0].set(True)
+    weights = jax.random.normal(jax.random.key(5), q.shape)
+    loss = lambda fn: lambda q, k, v: jnp.sum(weights * fn(q, k, v, mask))
+    ours = jax.grad(loss(layers.attention), argnums=(0, 1, 2))(q, k, v)
+    ref = jax.grad(loss(_reference), argnums=(0, 1, 2))(q, k, v)
+    for got, want in zip(ours, ref):
+      np.testing.assert_allclose(got, want, atol=1e-5)
+
+  def test_gathered_queries_match_the_full_causal_block(self):
+    # `attend` of a subset of queries (by original position) over all keys = those rows of the
+    # full causal attention: what compaction and decoding rely on.
+    q, k, v = _qkv(jax.random.key(6), queries=9, keys=9)
+    full = layers.attention(q, k, v, layers.causal_mask(jnp.arange(9)))
+    picked_BxS = jnp.asarray([[0, 4, 8], [2, 3, 7]])
+    q_picked = jnp.take_along_axis(q, picked_BxS[:, :, None, None], axis=1)
+    out = layers.attend(q_picked, k, v, picked_BxS, jnp.arange(9))
+    np.testing.assert_allclose(out, jnp.take_along_axis(full, picked_BxS[:, :, None, None], axis=1),
+                               atol=1e-5)
+
+  def test_bfloat16_tracks_float32(self):
+    q, k, v = _qkv(jax.random.key(7))
+    mask = layers.causal_mask(jnp.arange(7))[:, :5]
+    low = layers.attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask)
+    self.assertEqual(low.dtype, jnp.bfloat16)
+    np.testing.assert_allclose(low.astype(jnp.float32), layers.attention(q, k, v, mask), atol=0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc only')
+def test_host_memory_reuse_takes_effect_before_jax_starts():
+  # In a fresh process: the settings must be applied before JAX creates its CPU client.
+  code = ('from anira_jax import host_memory\n'
+          'assert host_memory.reuse_freed_memory()\n'
+          'import jax.numpy as jnp\n'
+          'print(float(jnp.ones((512, 512)).sum()))\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == '262144.0'
