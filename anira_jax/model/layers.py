@@ -129,22 +129,24 @@ def causal_mask(positions_L: jax.Array) -> jax.Array:
 def attention(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
               mask_BxSxN: jax.Array) -> jax.Array:
   """Softmax attention of S queries over N keys where `mask` (broadcast over heads) allows.
+  Returns [B, S, H, K].
 
   Written out rather than `jax.nn.dot_product_attention` because of what XLA:CPU makes of that
   one: it normalises the [B, H, S, N] probabilities before the value matmul and then copies them
   into a transposed layout, two extra passes over the largest array of the layer. Here the heads
-  lead (one [S, K] x [K, N] matmul per batch row and head), the exponentials go into the value
-  matmul unnormalised and the [B, H, S, K] output is divided by the row sums instead: the same
-  function (to float rounding) in ~2/3 of the time at L = 512 and ~1/2 for a gathered subset of
-  queries (benchmarks/inference.py). Scores and softmax are float32 whatever the matmul dtype;
-  a row with no visible key (never formed here) would average all values instead of failing.
+  lead, keys are laid out [B, H, K, N] so that the score matmul reads both operands as they are
+  (faster than [B, H, N, K] for few queries, and in the train step), the exponentials go into
+  the value matmul unnormalised and the [B, H, S, K] output is divided by the row sums instead:
+  the same function (to float rounding; tests/test_layers.py) in ~2/3 of the time at L = 512
+  and ~1/2 for a gathered subset of queries. Scores and softmax are float32 whatever the matmul
+  dtype; a row with no visible key (never formed here) would average all values, not fail.
   """
   dtype = q_BxSxHxK.dtype
   scale = q_BxSxHxK.shape[-1] ** -0.5
   q_BxHxSxK = jnp.transpose(q_BxSxHxK * jnp.asarray(scale, dtype), (0, 2, 1, 3))
-  k_BxHxNxK = jnp.transpose(k_BxNxHxK, (0, 2, 1, 3))
+  k_BxHxKxN = jnp.transpose(k_BxNxHxK, (0, 2, 3, 1))
   v_BxHxNxK = jnp.transpose(v_BxNxHxK, (0, 2, 1, 3))
-  scores_BxHxSxN = jnp.einsum('bhsk,bhnk->bhsn', q_BxHxSxK, k_BxHxNxK,
+  scores_BxHxSxN = jnp.einsum('bhsk,bhkn->bhsn', q_BxHxSxK, k_BxHxKxN,
                               preferred_element_type=jnp.float32)
   scores_BxHxSxN = jnp.where(mask_BxSxN[:, None], scores_BxHxSxN, -1e30)
   # The max only keeps exp in range; holding it constant leaves the gradient unchanged.
