@@ -149,12 +149,14 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
   dense_limit = buckets[-1] if buckets else 0  # compute sets larger than this run dense
 
   def dense_step(t, active_BxL, h_BxLxD, k_cache, v_cache):
-    """The full-sequence core (Block.__call__ in pieces), caching every layer's keys/values."""
+    """The full-sequence core (Block.__call__ in pieces), caching the keys/values of layers 2..
+    (layer 1's are rewritten by the `refresh` that every switch to compacted steps runs)."""
     x_BxLxD = x0_BxLxD = net.core_input(params['model'], h_BxLxD, h0_BxLxD, t)
     k_cache, v_cache = list(k_cache), list(v_cache)
     for i, block in enumerate(net.core_blocks(params['model'], t)):
       q, k, v = layers.project(cfg, block, x_BxLxD, positions_L)
-      k_cache[i], v_cache[i] = k.astype(cache_dtype), v.astype(cache_dtype)
+      if i > 0:
+        k_cache[i], v_cache[i] = k.astype(cache_dtype), v.astype(cache_dtype)
       attn = layers.attention(q, k, v, layers.causal_mask(positions_L))
       x_BxLxD = layers.update(cfg, block, x_BxLxD, attn)
     h_new_BxLxD = h_BxLxD + (x_BxLxD - x0_BxLxD)
