@@ -130,7 +130,8 @@ class _Carry(NamedTuple):
   state: dict
   depth_BxL: jax.Array
   dirty_BxL: jax.Array  # tokens whose state changed in iteration t
-  k_cache: tuple  # per core layer [B, L, H, K]: every token's key as of its current inputs
+  k_cache: tuple  # per core layer [B, L, H, K]: keys as compacted steps read them (layer 1's
+  #                 are kept only in the compacted phase, where they follow every state)
   v_cache: tuple
   work: Work
 

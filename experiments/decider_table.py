@@ -11,7 +11,7 @@ import pathlib
 
 from absl import app, flags
 
-from anira_jax import deciders
+from anira_jax import deciders, host_memory
 from anira_jax.training import loop
 from experiments import common
 
@@ -41,6 +41,7 @@ def table(results: dict[str, dict]) -> str:
 
 def main(argv):
   del argv
+  host_memory.reuse_freed_memory()  # as launch.py, before JAX starts
   out = pathlib.Path(_OUT.value)
   module = common.load_module(_CONFIG.value)
   results = {}

@@ -18,6 +18,7 @@ import sys
 
 from absl import app, flags, logging
 
+from anira_jax import host_memory
 from anira_jax.analysis import run as analysis_run
 from anira_jax.config import ConfigError
 from anira_jax.training import checkpoint, loop
@@ -131,6 +132,7 @@ def table(rows: list[dict], settings: str) -> str:
 
 def main(argv):
   del argv
+  host_memory.reuse_freed_memory()  # as launch.py, before JAX starts
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   try:
