@@ -32,9 +32,10 @@ _COORDINATOR = flags.DEFINE_string(
     'auto-detection (implies --multihost; also set --num_processes and --process_id).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
-_REUSE_HOST_MEMORY = flags.DEFINE_bool(
-    'reuse_host_memory', True, 'Let malloc keep freed memory for the next call (faster on CPU; '
-    'see anira_jax/host_memory.py).')
+_HOST_MEMORY = flags.DEFINE_enum(
+    'host_memory', 'keep', host_memory.MODES, 'How malloc treats memory XLA:CPU frees: keep it '
+    'for the next call; single_arena also for very large blocks (long sequences, large batches; '
+    'slower for small models); default leaves malloc alone. See anira_jax/host_memory.py.')
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, so schedulers see the run as stopped, not finished
 
@@ -49,8 +50,7 @@ def default_workdir(config_arg: str) -> pathlib.Path:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if _REUSE_HOST_MEMORY.value:
-    host_memory.reuse_freed_memory()  # before anything creates JAX's CPU client
+  host_memory.reuse_freed_memory(_HOST_MEMORY.value)  # before anything creates JAX's CPU client
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO; -v 0 shows it all
   if _MULTIHOST.value or _COORDINATOR.value:

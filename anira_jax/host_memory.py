@@ -1,22 +1,30 @@
-"""Host memory reuse for XLA:CPU: keep the memory a call frees for the next call.
+"""How glibc's malloc hands memory to XLA:CPU: keep what a call frees for the next call.
 
-XLA:CPU allocates one block for an executable's temporaries on every call and frees it on return
-(210 MB for eight iterations at L = 512, B = 16, where attention holds B·H·L² scores). glibc's
-malloc serves blocks that large, and any block from a worker thread's arena, with mmap and gives
-them back with munmap, so every call faults in ~50,000 fresh zeroed pages: on the 2-core CPU a
-lone iteration took 98 ms instead of 68 ms, and a train step ~9% longer. Telling malloc to use
-its one main heap for every block and never to trim it makes a freed block the next call's, its
-pages already mapped.
+XLA:CPU allocates one block for an executable's temporaries on every call and frees it on return.
+By default glibc gives large freed blocks back to the kernel (munmap, or trimming the heap), so
+the next call faults the same memory in again as fresh zeroed pages. Two settings, applied with
+`mallopt` before JAX creates its CPU client:
 
-The cost is that the process keeps its peak heap until it exits, which a training or benchmark
-process does anyway. It only concerns host memory; on GPU/TPU hosts it changes nothing that
-matters and can be switched off (`launch.py --noreuse_host_memory`).
+- `keep`: never mmap, never trim. Freed memory stays with the arena that freed it and is reused.
+  Measured on the 2-core CPU: the default parity job's first 600 steps took 34–36 s instead of
+  38 s. It cannot reach blocks larger than a worker thread's arena heap (64 MB): glibc serves
+  those with mmap whatever the settings, e.g. the 84–210 MB temporaries of eight iterations at
+  L = 512, B = 16, which then still fault in ~20,000–50,000 pages per call.
+- `single_arena`: `keep`, and one arena for every thread, so that those large blocks come from
+  the main heap and are reused too. A lone iteration at L = 512 took 68 ms instead of 98 ms and
+  the benchmark's train step ~5% less; but all threads then share one malloc lock, which made the
+  small, step-bound parity job 28% slower. For long sequences and large batches, not small models.
+
+The process keeps its peak heap until it exits either way, as a training or benchmark process
+does anyway. Only host memory is concerned; on GPU/TPU hosts it changes little.
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
+
+MODES = ('default', 'keep', 'single_arena')
 
 # mallopt parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -25,18 +33,22 @@ _M_ARENA_MAX = -8
 _MAX_INT = 2**31 - 1
 
 
-def reuse_freed_memory() -> bool:
-  """Make glibc's malloc keep freed memory for reuse (see the module docstring).
+def reuse_freed_memory(mode: str = 'keep') -> bool:
+  """Apply one of `MODES` (see the module docstring); 'default' leaves malloc as it is.
 
   Must run before JAX creates its CPU client (the first computation or device query), since
   threads already bound to their own arenas keep them. Returns whether glibc accepted every
   setting; on other C libraries (macOS, musl) nothing changes and it returns False.
   """
-  if not sys.platform.startswith('linux'):
+  if mode not in MODES:
+    raise ValueError(f'unknown host memory mode {mode!r}; choose one of {", ".join(MODES)}')
+  if mode == 'default' or not sys.platform.startswith('linux'):
     return False
   try:
     mallopt = ctypes.CDLL('libc.so.6').mallopt
   except (OSError, AttributeError):
     return False
-  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _MAX_INT))
+  settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _MAX_INT)]
+  if mode == 'single_arena':
+    settings.insert(0, (_M_ARENA_MAX, 1))
   return all(mallopt(option, value) == 1 for option, value in settings)

@@ -235,7 +235,7 @@ def train_table(model: ModelConfig, length: int, decider_names, repeats: int, to
 
 def main(argv):
   del argv
-  reuses_host_memory = timing.set_up_host_memory()
+  host_memory_mode = timing.set_up_host_memory()
   quick = _QUICK.value
   model = ModelConfig(vocab_size=32, width=64 if quick else _WIDTH.value,
                       num_heads=_HEADS.value, mlp_ratio=4, max_depth=_DEPTH.value,
@@ -245,11 +245,11 @@ def main(argv):
   tokens_per_batch = 2048 if quick else _TOKENS.value
   print(f'{jax.devices()[0].platform} x{jax.device_count()}, jax {jax.__version__}; '
         f'model width {model.width}, {model.num_heads} heads, D={model.max_depth}, '
-        f'core layers {model.core_layers}; {tokens_per_batch} tokens per batch; host memory '
-        f'reused: {reuses_host_memory}', flush=True)
+        f'core layers {model.core_layers}; {tokens_per_batch} tokens per batch; host memory: '
+        f'{host_memory_mode}', flush=True)
   results = {
       'device': str(jax.devices()[0].device_kind), 'jax': jax.__version__, 'quick': quick,
-      'reuse_host_memory': reuses_host_memory,
+      'host_memory': host_memory_mode,
       'tokens_per_batch': tokens_per_batch, 'dense_fraction': _DENSE_FRACTION.value,
       'model': {k: getattr(model, k) for k in
                 ('width', 'num_heads', 'mlp_ratio', 'max_depth', 'core_layers')},

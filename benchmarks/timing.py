@@ -11,15 +11,16 @@ from absl import flags
 
 from anira_jax import host_memory
 
-_REUSE_HOST_MEMORY = flags.DEFINE_bool(
-    'reuse_host_memory', True, 'Let malloc keep freed memory for the next call, as launch.py '
-    'does (anira_jax/host_memory.py); --noreuse_host_memory measures without.')
+_HOST_MEMORY = flags.DEFINE_enum(
+    'host_memory', 'single_arena', host_memory.MODES, 'How malloc treats memory XLA:CPU frees '
+    '(anira_jax/host_memory.py). The default suits these large-array measurements; launch.py '
+    'uses keep.')
 
 
-def set_up_host_memory() -> bool:
-  """As launch.py: `host_memory.reuse_freed_memory()` unless switched off. Call first in main,
-  before any JAX computation. Returns whether it is in effect (recorded with the results)."""
-  return _REUSE_HOST_MEMORY.value and host_memory.reuse_freed_memory()
+def set_up_host_memory() -> str:
+  """`host_memory.reuse_freed_memory(--host_memory)`; call first in main, before any JAX
+  computation. Returns the mode in effect ('default' where glibc is not there), for the results."""
+  return _HOST_MEMORY.value if host_memory.reuse_freed_memory(_HOST_MEMORY.value) else 'default'
 
 
 def median_seconds(fn, repeats: int) -> float:

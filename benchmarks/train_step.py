@@ -226,7 +226,7 @@ def interleaved(steps: dict, repeats: int) -> dict[str, list[float]]:
 
 def main(argv):
   del argv
-  reuses_host_memory = timing.set_up_host_memory()
+  host_memory_mode = timing.set_up_host_memory()
   torch = _import_torch()
   default_threads = torch.get_num_threads()
   quick = _QUICK.value
@@ -256,7 +256,7 @@ def main(argv):
   counts = {'jax': num_params(params), 'torch': sum(p.numel() for p in net.parameters())}
   print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax '
         f'{jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} '
-        f'(default {default_threads} threads); host memory reused (both): {reuses_host_memory}')
+        f'(default {default_threads} threads); host memory (both): {host_memory_mode}')
   print(f'model: width {model.width}, {model.num_heads} heads, MLP x{model.mlp_ratio}, '
         f'1 prelude + 1 core (x{model.max_depth}) + 1 coda layer, vocab {model.vocab_size}; '
         f'batch {batch} x {length} tokens, float32')
@@ -274,7 +274,7 @@ def main(argv):
   tokens_per_step = batch * length
   results = {
       'jax': jax.__version__, 'torch': torch.__version__, 'torch_default_threads': default_threads,
-      'reuse_host_memory': reuses_host_memory,
+      'host_memory': host_memory_mode,
       'cpus': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', ''), 'quick': quick,
       'batch': batch, 'length': length, 'repeats': repeats, 'parameters': counts,
       'model': {k: getattr(model, k) for k in
