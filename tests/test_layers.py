@@ -16,8 +16,9 @@ from anira_jax.model import layers
 def _qkv(key, batch=2, queries=5, keys=7, heads=3, head_dim=8, dtype=jnp.float32):
   kq, kk, kv = jax.random.split(key, 3)
   shape = lambda n: (batch, n, heads, head_dim)
-  return (jax.random.normal(kq, shape(queries), dtype),
-          3.0 * jax.random.normal(kk, shape(keys), dtype), jax.random.normal(kv, shape(keys), dtype))
+  q = jax.random.normal(kq, shape(queries), dtype)
+  k = 3.0 * jax.random.normal(kk, shape(keys), dtype)  # spread-out scores: a peaked softmax
+  return q, k, jax.random.normal(kv, shape(keys), dtype)
 
 
 def _reference(q, k, v, mask_BxSxN):
