@@ -1,15 +1,10 @@
-"""The hand-written attention against JAX's own, and the host-memory settings."""
-
-import subprocess
-import sys
+"""The hand-written attention against JAX's own."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from anira_jax import host_memory
 from anira_jax.model import layers
 
 
@@ -70,21 +65,3 @@ class AttentionTest(chex.TestCase):
     low = layers.attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask)
     self.assertEqual(low.dtype, jnp.bfloat16)
     np.testing.assert_allclose(low.astype(jnp.float32), layers.attention(q, k, v, mask), atol=0.05)
-
-
-@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc only')
-@pytest.mark.parametrize('mode', ['keep', 'single_arena'])
-def test_host_memory_modes_take_effect_before_jax_starts(mode):
-  # In a fresh process: the settings must be applied before JAX creates its CPU client.
-  code = ('from anira_jax import host_memory\n'
-          f'assert host_memory.reuse_freed_memory({mode!r})\n'
-          'import jax.numpy as jnp\n'
-          'print(float(jnp.ones((512, 512)).sum()))\n')
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
-  assert out.stdout.strip() == '262144.0'
-
-
-def test_host_memory_rejects_an_unknown_mode():
-  with pytest.raises(ValueError, match='single_arena'):
-    host_memory.reuse_freed_memory('jemalloc')
-  assert not host_memory.reuse_freed_memory('default')
