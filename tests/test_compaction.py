@@ -1,15 +1,18 @@
 """Compacted inference == the masked inference loop (logits, depths, q) for every decider, with
-padding, a multi-layer core and an iteration embedding; one compilation for any active counts."""
+padding, a multi-layer core, an iteration embedding and a run set that grows again; one
+compilation for any active counts."""
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from conftest import ALL_DECIDERS, assert_same_on_real_tokens, tiny_decider, tiny_model
 from test_recurrence import _spread_halting
 
-from anira_jax import compaction
+from anira_jax import compaction, deciders, recurrence
 from anira_jax.anira import Anira
+from anira_jax.deciders import scheduled as deciders_scheduled
 
 BUCKETS = (6,)  # of L = 12: iterations with <= 6 tokens to compute per row run compacted
 
@@ -90,3 +93,32 @@ def test_bucket_ladder():
     assert all(s % 8 == 0 for s in sizes[:-1])
     assert all(b / a <= 1.6 for a, b in zip(sizes, sizes[1:])), sizes  # ≤ ~1/3 of slots wasted
   assert compaction.bucket_sizes(12, dense_fraction=0.75, min_size=3) == (3, 4, 5, 6, 8, 9)
+
+
+class _Regrowing(deciders_scheduled.Scheduled):
+  """Test-only: every token runs iterations 1 and 3, only the first two of each row run 2 and 4.
+  No registered decider's run set grows again; the decider protocol allows it."""
+
+  name = 'regrowing'
+
+  def start(self, params, h0_BxLxD, ctx):
+    cont_BxLxT = jnp.ones(h0_BxLxD.shape[:2] + (ctx.max_depth,)).at[:, 2:, 1::2].set(0.0)
+    return {'cont': cont_BxLxT, 'q': cont_BxLxT / ctx.max_depth}
+
+
+def test_a_growing_run_set_falls_back_to_the_dense_step():
+  """Iteration 3 (everyone again) takes the dense step inside the compacted phase; iteration 4's
+  compacted step then reads the frozen tokens' layer-1 keys/values, which must be current."""
+  anira = Anira(tiny_model(), tiny_decider('fixed'))
+  anira.decider = _Regrowing(anira.decider_cfg, anira.model_cfg)
+  params = anira.init(jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 1, 5)
+  ctx = deciders.Context(train=False, key=None, max_depth=4, complexity_BxL=None)
+  h0 = anira.network.embed(params['model'], tokens)
+  valid = tokens != 0
+  ref = recurrence.loop(anira.network, anira.decider, params, h0, ctx, valid)
+  out, work = jax.jit(lambda p, h: compaction.compacted_loop(
+      anira, p, h, ctx, valid, buckets=BUCKETS))(params, h0)
+  np.testing.assert_allclose(out.state_BxLxD, ref.state_BxLxD, atol=1e-5)
+  np.testing.assert_array_equal(out.depth_BxL, ref.depth_BxL)
+  assert (int(work.dense_iterations), int(work.compacted_iterations)) == (2, 2)
