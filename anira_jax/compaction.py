@@ -144,6 +144,7 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
   net, decider, cfg = anira.network, anira.decider, anira.model_cfg
   batch, length, _ = h0_BxLxD.shape
   positions_L = jnp.arange(length)
+  rotary_L = layers.rotary(positions_L, cfg.head_dim)  # looked up for gathered tokens
   cache_dtype = jnp.dtype(cfg.dtype)
   kv_shape = (batch, length, cfg.num_heads, cfg.head_dim)
   stale_every_iteration = cfg.iteration_embedding or cfg.kind == 'standard'
@@ -177,15 +178,16 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
     Layer 1 reads every token's keys/values from the cache, current on entry."""
     idx_BxS = _indices(compute_BxL, size)
     pos_BxS = jnp.minimum(idx_BxS, length - 1)
+    rot_BxS = layers.rotary_at(rotary_L, pos_BxS)
     h_BxSxD, h0_BxSxD = _gather(h_BxLxD, idx_BxS), _gather(h0_BxLxD, idx_BxS)
     x_BxSxD = x0_BxSxD = net.core_input(params['model'], h_BxSxD, h0_BxSxD, t)
     blocks = net.core_blocks(params['model'], t)
     k_cache, v_cache = list(k_cache), list(v_cache)
     for i, block in enumerate(blocks):
       if i == 0:
-        q = layers.queries(cfg, block, x_BxSxD, pos_BxS)
+        q = layers.queries(cfg, block, x_BxSxD, rot_BxS)
       else:
-        q, k, v = layers.project(cfg, block, x_BxSxD, pos_BxS)
+        q, k, v = layers.project(cfg, block, x_BxSxD, rot_BxS)
         k_cache[i] = _scatter(k_cache[i], idx_BxS, k)
         v_cache[i] = _scatter(v_cache[i], idx_BxS, v)
       attn = layers.attend(q, k_cache[i], v_cache[i], pos_BxS, positions_L)
@@ -196,7 +198,7 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
     h_BxLxD = _scatter(h_BxLxD, keep_BxS, h_new_BxSxD)
     if not stale_every_iteration:  # the input h + h0 does not depend on t: write it now
       x_new_BxSxD = net.core_input(params['model'], h_new_BxSxD, h0_BxSxD, t + 1)
-      k, v = layers.keys_values(cfg, blocks[0], x_new_BxSxD, pos_BxS)
+      k, v = layers.keys_values(cfg, blocks[0], x_new_BxSxD, rot_BxS)
       k_cache[0] = _scatter(k_cache[0], keep_BxS, k)
       v_cache[0] = _scatter(v_cache[0], keep_BxS, v)
     return h_BxLxD, tuple(k_cache), tuple(v_cache)

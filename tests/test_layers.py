@@ -1,4 +1,4 @@
-"""The hand-written attention against JAX's own."""
+"""The hand-written attention against JAX's own; RoPE against its defining properties."""
 
 import chex
 import jax
@@ -65,3 +65,32 @@ class AttentionTest(chex.TestCase):
     low = layers.attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask)
     self.assertEqual(low.dtype, jnp.bfloat16)
     np.testing.assert_allclose(low.astype(jnp.float32), layers.attention(q, k, v, mask), atol=0.05)
+
+
+class RopeTest(chex.TestCase):
+
+  def test_scores_depend_only_on_the_offset(self):
+    """The point of rotary embeddings: q at p and k at p' score the same for equal p - p'."""
+    q, k, _ = _qkv(jax.random.key(3), batch=1, queries=1, keys=1)
+    at = lambda x, p: layers.rope(x, jnp.array([p]))
+    score = lambda p_q, p_k: float(jnp.sum(at(q, p_q) * at(k, p_k)))
+    for offset in (0, 3, 17):
+      np.testing.assert_allclose([score(p + offset, p) for p in (0, 5, 40, 301)],
+                                 score(offset, 0), rtol=1e-4)
+    self.assertNotAlmostEqual(score(3, 0), score(4, 0), places=3)
+
+  def test_position_zero_is_identity_and_pairs_keep_their_norm(self):
+    x, _, _ = _qkv(jax.random.key(4), queries=6)
+    np.testing.assert_allclose(layers.rope(x[:, :1], jnp.array([0])), x[:, :1], atol=1e-6)
+    out = layers.rope(x, jnp.arange(6) * 7)
+    pair_norm = lambda y: jnp.hypot(*jnp.split(y, 2, axis=-1))
+    np.testing.assert_allclose(pair_norm(out), pair_norm(x), rtol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_table_lookup_equals_direct_angles(self):
+    x, _, _ = _qkv(jax.random.key(5), batch=3, queries=4)
+    positions_BxS = jnp.array([[0, 2, 9, 10], [1, 3, 4, 5], [7, 8, 9, 11]])
+    table = layers.rotary(jnp.arange(12), x.shape[-1])
+    looked_up = self.variant(lambda x, p: layers.rope(x, layers.rotary_at(table, p)))
+    np.testing.assert_allclose(looked_up(x, positions_BxS), layers.rope(x, positions_BxS),
+                               atol=1e-6)
