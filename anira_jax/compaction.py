@@ -159,7 +159,7 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
       q, k, v = layers.project(cfg, block, x_BxLxD, positions_L)
       if i > 0:
         k_cache[i], v_cache[i] = k.astype(cache_dtype), v.astype(cache_dtype)
-      attn = layers.attention(q, k, v, layers.causal_mask(positions_L))
+      attn = layers.causal_attention(q, k, v)
       x_BxLxD = layers.update(cfg, block, x_BxLxD, attn)
     h_new_BxLxD = h_BxLxD + (x_BxLxD - x0_BxLxD)
     h_BxLxD = jnp.where(active_BxL[..., None], h_new_BxLxD, h_BxLxD)

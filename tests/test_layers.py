@@ -1,9 +1,12 @@
 """The hand-written attention against JAX's own; RoPE against its defining properties."""
 
+from unittest import mock
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl.testing import parameterized
 
 from anira_jax.model import layers
 
@@ -65,6 +68,29 @@ class AttentionTest(chex.TestCase):
     low = layers.attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), mask)
     self.assertEqual(low.dtype, jnp.bfloat16)
     np.testing.assert_allclose(low.astype(jnp.float32), layers.attention(q, k, v, mask), atol=0.05)
+
+
+class CausalAttentionTest(chex.TestCase):
+  """The query-blocked causal attention against one block and against JAX's causal attention."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters((10, 4), (10, 5), (3, 4), (9, 1))
+  def test_blocked_equals_jax_causal_attention(self, length, block):
+    q, k, v = _qkv(jax.random.key(8), queries=length, keys=length)
+    with mock.patch.object(layers, 'CAUSAL_BLOCK', block):
+      out = self.variant(layers.causal_attention)(q, k, v)
+    np.testing.assert_allclose(out, jax.nn.dot_product_attention(q, k, v, is_causal=True),
+                               atol=1e-5)
+
+  def test_gradients_equal_one_block(self):
+    q, k, v = _qkv(jax.random.key(9), queries=11, keys=11)
+    weights = jax.random.normal(jax.random.key(10), q.shape)
+    one_block = lambda q, k, v: layers.attention(q, k, v, layers.causal_mask(jnp.arange(11)))
+    loss = lambda fn: lambda q, k, v: jnp.sum(weights * fn(q, k, v))
+    with mock.patch.object(layers, 'CAUSAL_BLOCK', 4):
+      ours = jax.grad(loss(layers.causal_attention), argnums=(0, 1, 2))(q, k, v)
+    for got, want in zip(ours, jax.grad(loss(one_block), argnums=(0, 1, 2))(q, k, v)):
+      np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 class RopeTest(chex.TestCase):

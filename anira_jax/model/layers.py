@@ -124,7 +124,7 @@ class Block(nn.Module):
 
   def __call__(self, x_BxLxD: jax.Array, positions_L: jax.Array) -> jax.Array:
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = self.project(x_BxLxD, positions_L)
-    attn_BxLxHxK = attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal_mask(positions_L))
+    attn_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
     return self.update(x_BxLxD, attn_BxLxHxK)
 
 
@@ -171,11 +171,50 @@ def attention(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
   and ~1/2 for a gathered subset of queries. Scores and softmax are float32 whatever the matmul
   dtype; a row with no visible key (never formed here) would average all values, not fail.
   """
-  dtype = q_BxSxHxK.dtype
+  q_BxHxSxK, k_BxHxKxN, v_BxHxNxK = _heads_major(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK)
+  out_BxHxSxK = _softmax_attention(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN)
+  return jnp.transpose(out_BxHxSxK, (0, 2, 1, 3)).astype(q_BxSxHxK.dtype)
+
+
+# Query block of `causal_attention`: measured on the 2-core CPU (B·L = 8192 tokens, 4 heads of
+# 32), blocks of 128 queries ran the layer's attention 1.6-1.8x faster than one block at
+# L = 512-2048 and 1.3x at L = 256; 64 and 256 were slower than 128.
+CAUSAL_BLOCK = 128
+
+
+def causal_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
+                     v_BxLxHxK: jax.Array) -> jax.Array:
+  """`attention` with the causal mask of one sequence (query i sees keys j <= i), in query
+  blocks of CAUSAL_BLOCK that each read only the keys up to their own last position.
+
+  Blocking skips the score blocks that the mask would discard (about half of them for long
+  sequences) and keeps each block's [B, H, 128, <= L] scores small enough to stay in cache:
+  both halve the cost of the full [B, H, L, L] at L >= 512. Returns [B, L, H, K]; the same
+  function as `attention(q, k, v, causal_mask(arange(L)))` (tests/test_layers.py).
+  """
+  length = q_BxLxHxK.shape[1]
+  q_BxHxLxK, k_BxHxKxL, v_BxHxLxK = _heads_major(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+  positions_L = jnp.arange(length)
+  outs = []
+  for start in range(0, length, CAUSAL_BLOCK):
+    stop = min(start + CAUSAL_BLOCK, length)  # queries [start, stop) see keys [0, stop)
+    outs.append(_softmax_attention(q_BxHxLxK[:, :, start:stop], k_BxHxKxL[..., :stop],
+                                   v_BxHxLxK[:, :, :stop],
+                                   causal_mask(positions_L[:stop])[:, start:]))
+  out_BxHxLxK = jnp.concatenate(outs, axis=2) if len(outs) > 1 else outs[0]
+  return jnp.transpose(out_BxHxLxK, (0, 2, 1, 3)).astype(q_BxLxHxK.dtype)
+
+
+def _heads_major(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK):
+  """The layouts `_softmax_attention` reads, with the 1/sqrt(K) scale folded into q."""
   scale = q_BxSxHxK.shape[-1] ** -0.5
-  q_BxHxSxK = jnp.transpose(q_BxSxHxK * jnp.asarray(scale, dtype), (0, 2, 1, 3))
-  k_BxHxKxN = jnp.transpose(k_BxNxHxK, (0, 2, 3, 1))
-  v_BxHxNxK = jnp.transpose(v_BxNxHxK, (0, 2, 1, 3))
+  q_BxHxSxK = jnp.transpose(q_BxSxHxK * jnp.asarray(scale, q_BxSxHxK.dtype), (0, 2, 1, 3))
+  return (q_BxHxSxK, jnp.transpose(k_BxNxHxK, (0, 2, 3, 1)),
+          jnp.transpose(v_BxNxHxK, (0, 2, 1, 3)))
+
+
+def _softmax_attention(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
+  """[B, H, S, K] float32: softmax(q k + mask) v, normalised after the value matmul."""
   scores_BxHxSxN = jnp.einsum('bhsk,bhkn->bhsn', q_BxHxSxK, k_BxHxKxN,
                               preferred_element_type=jnp.float32)
   scores_BxHxSxN = jnp.where(mask_BxSxN[:, None], scores_BxHxSxN, -1e30)
@@ -183,9 +222,8 @@ def attention(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
   max_BxHxSx1 = jax.lax.stop_gradient(jnp.max(scores_BxHxSxN, axis=-1, keepdims=True))
   weights_BxHxSxN = jnp.exp(scores_BxHxSxN - max_BxHxSx1)
   total_BxHxSx1 = jnp.sum(weights_BxHxSxN, axis=-1, keepdims=True)
-  out_BxHxSxK = jnp.einsum('bhsn,bhnk->bhsk', weights_BxHxSxN.astype(dtype), v_BxHxNxK,
-                           preferred_element_type=jnp.float32) / total_BxHxSx1
-  return jnp.transpose(out_BxHxSxK, (0, 2, 1, 3)).astype(dtype)
+  return jnp.einsum('bhsn,bhnk->bhsk', weights_BxHxSxN.astype(v_BxHxNxK.dtype), v_BxHxNxK,
+                    preferred_element_type=jnp.float32) / total_BxHxSx1
 
 
 def attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
