@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from anira_jax.deciders import base as deciders_base
-from anira_jax.model import Network
+from anira_jax.model import Network, layers
 
 
 class Trajectory(NamedTuple):
@@ -59,16 +59,20 @@ def _finish(decider, params, h_BxLxD, state, depth_BxL, t_end, states_TxBxLxD):
 
 
 # What the training unroll keeps from each iteration's forward pass for the backward pass: the
-# outputs of the weight matmuls (q/k/v, output projection, MLP in and out, decision heads), not
-# the elementwise intermediates around them (norm statistics, RoPE, GELU's tanh terms, the
-# freezing mask, softmax) nor the attention matmuls, which are recomputed inside the backward
-# pass's own fused loops. Without a policy `lax.scan` stacks every intermediate of every
+# outputs of the weight matmuls (q/k/v, output projection, MLP in and out, decision heads) and
+# attention's output and row log-sum-exp (small: [B, H, L, K] and [B, H, L]; its custom
+# backward pass, `layers._softmax_attention`, recomputes the probabilities from them), not the
+# elementwise intermediates around them (norm statistics, RoPE, GELU's tanh terms, the
+# freezing mask). Without a policy `lax.scan` stacks every intermediate of every
 # iteration into [T, ...] buffers; on XLA:CPU that stacking (zero-filled, freshly page-faulted
 # memory, written then read back each step) was much of why the backward pass cost ~5x the
 # forward; this policy cut the whole train step by ~25% (benchmarks/train_step.py). On
 # accelerators it is the usual memory-for-recompute trade. The function is the same: only
 # what is stored changes.
-RESIDUALS_POLICY = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+RESIDUALS_POLICY = jax.checkpoint_policies.save_from_both_policies(
+    jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    jax.checkpoint_policies.save_only_these_names(layers.ATTENTION_OUT,
+                                                  layers.ATTENTION_LOGSUMEXP))
 
 
 def unroll(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD: jax.Array,

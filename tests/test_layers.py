@@ -69,6 +69,15 @@ class AttentionTest(chex.TestCase):
     self.assertEqual(low.dtype, jnp.bfloat16)
     np.testing.assert_allclose(low.astype(jnp.float32), layers.attention(q, k, v, mask), atol=0.05)
 
+  def test_bfloat16_gradients_track_float32(self):
+    q, k, v = _qkv(jax.random.key(11))
+    mask = layers.causal_mask(jnp.arange(7))[:, :5]
+    grad = lambda *qkv: jax.grad(lambda *a: jnp.sum(layers.attention(*a, mask).astype(
+        jnp.float32) ** 2), argnums=(0, 1, 2))(*qkv)
+    for low, high in zip(grad(*(x.astype(jnp.bfloat16) for x in (q, k, v))), grad(q, k, v)):
+      self.assertEqual(low.dtype, jnp.bfloat16)
+      np.testing.assert_allclose(low.astype(jnp.float32), high, atol=0.1, rtol=0.05)
+
 
 class CausalAttentionTest(chex.TestCase):
   """The query-blocked causal attention against one block and against JAX's causal attention."""
