@@ -196,12 +196,17 @@ def causal_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
   length = q_BxLxHxK.shape[1]
   q_BxHxLxK, k_BxHxKxL, v_BxHxLxK = _heads_major(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
   positions_L = jnp.arange(length)
+  # Which backward pass: the whole train step (benchmarks/train_step.py, 8,192 tokens a batch)
+  # took ~5% less with the custom one at L = 64 and 128 (one block) and ~5% more at L = 256
+  # (two blocks; there XLA:CPU ran its exponentials and one block's matmul outside YNNPACK).
+  block_attention = (_softmax_attention if length <= CAUSAL_BLOCK
+                     else _softmax_attention_by_jax)
   outs = []
   for start in range(0, length, CAUSAL_BLOCK):
     stop = min(start + CAUSAL_BLOCK, length)  # queries [start, stop) see keys [0, stop)
-    outs.append(_softmax_attention(q_BxHxLxK[:, :, start:stop], k_BxHxKxL[..., :stop],
-                                   v_BxHxLxK[:, :, :stop],
-                                   causal_mask(positions_L[:stop])[:, start:]))
+    outs.append(block_attention(q_BxHxLxK[:, :, start:stop], k_BxHxKxL[..., :stop],
+                                v_BxHxLxK[:, :, :stop],
+                                causal_mask(positions_L[:stop])[:, start:]))
   out_BxHxLxK = jnp.concatenate(outs, axis=2) if len(outs) > 1 else outs[0]
   return jnp.transpose(out_BxHxLxK, (0, 2, 1, 3)).astype(q_BxLxHxK.dtype)
 
@@ -225,7 +230,8 @@ def _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
   scores_BxHxSxN = jnp.einsum('bhsk,bhkn->bhsn', q_BxHxSxK, k_BxHxKxN,
                               preferred_element_type=jnp.float32)
   scores_BxHxSxN = jnp.where(mask_BxSxN[:, None], scores_BxHxSxN, -1e30)
-  max_BxHxSx1 = jnp.max(scores_BxHxSxN, axis=-1, keepdims=True)  # keeps exp in range
+  # The max only keeps exp in range; holding it constant leaves the gradient unchanged.
+  max_BxHxSx1 = jax.lax.stop_gradient(jnp.max(scores_BxHxSxN, axis=-1, keepdims=True))
   weights_BxHxSxN = jnp.exp(scores_BxHxSxN - max_BxHxSx1)
   total_BxHxSx1 = jnp.sum(weights_BxHxSxN, axis=-1, keepdims=True)
   out_BxHxSxK = jnp.einsum('bhsn,bhnk->bhsk', weights_BxHxSxN.astype(v_BxHxNxK.dtype),
@@ -240,10 +246,16 @@ def _softmax_attention(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
   Its own backward pass (FlashAttention's, Dao et al. 2022): from the saved output and row
   log-sum-exp it recomputes the probabilities once and forms every gradient in the transposed
   [.., N, S] orientation, so that each of the five matmuls contracts the minor axis of its left
-  operand. Differentiated by JAX instead, the backward pass recomputed the whole forward
-  attention and contracted two matmuls over a major axis, which XLA:CPU runs outside YNNPACK at
-  a fraction of the speed; this one made the benchmark's train step ~5% faster.
+  operand. Differentiated by JAX instead (`_softmax_attention_by_jax`), the backward pass
+  recomputed the whole forward attention and contracted two matmuls over a major axis, which
+  XLA:CPU runs outside YNNPACK at a fraction of the speed.
   """
+  return _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN)[0]
+
+
+def _softmax_attention_by_jax(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
+  """`_softmax_attention` with the backward pass JAX derives (and the checkpoint policy
+  recomputing the forward attention)."""
   return _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN)[0]
 
 
