@@ -124,6 +124,7 @@ class Block(nn.Module):
     return x_BxLxD + self.mlp_out(h_BxLxF).astype(x_BxLxD.dtype)
 
   def __call__(self, x_BxLxD: jax.Array, positions_L: jax.Array) -> jax.Array:
+    """The block on one whole sequence; `positions_L` is 0..L-1 (the mask is by index)."""
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = self.project(x_BxLxD, positions_L)
     attn_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
     return self.update(x_BxLxD, attn_BxLxHxK)
@@ -267,6 +268,7 @@ def _softmax_attention_fwd(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
 
 
 def _softmax_attention_bwd(residuals, dout_BxHxSxK):
+  """Cotangents of (q, k, v) from the saved residuals; the boolean mask has none."""
   q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN, out_BxHxSxK, lse_BxHxS = residuals
   dtype = v_BxHxNxK.dtype
   k_BxHxNxK = jnp.swapaxes(k_BxHxKxN, -1, -2)
