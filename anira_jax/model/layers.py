@@ -180,7 +180,7 @@ def attention(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
 
 # Query block of `causal_attention`: measured on the 2-core CPU (B·L = 8192 tokens, 4 heads of
 # 32), blocks of 128 queries ran the layer's attention 1.6-1.8x faster than one block at
-# L = 512-2048 and 1.3x at L = 256; 64 and 256 were slower than 128.
+# L = 512-2048 and 1.3x at L = 256; blocks of 64 were slower, of 256 slower or no faster.
 CAUSAL_BLOCK = 128
 
 
