@@ -7,12 +7,15 @@ A block is also usable in pieces, for execution schedules that do not run every 
 step (compacted inference, KV-cache decoding):
 
     q, k, v = project(cfg, block_params, x, positions)      # pre-norm, q/k/v, RoPE
-                                                             # (or queries / keys_values alone)
+                                                             # (or queries / keys_values alone;
+                                                             # positions may be a `Rotary`)
     attn = attend(q, k_cache, v_cache, q_positions, k_positions)  # causal by original position
     x = update(cfg, block_params, x, attn)                   # output projection, MLP, residuals
 
-`Block.__call__` is exactly these three on one sequence, so the pieces and the block cannot
-drift apart; `block_params` is one `layer_i` entry of a `Stack`'s parameter tree.
+`Block.__call__` is these three on one sequence, with `causal_attention` (the same function as
+`attend` over the whole sequence, computed in causal blocks; tested) in the middle, so the pieces
+and the block cannot drift apart; `block_params` is one `layer_i` entry of a `Stack`'s parameter
+tree.
 """
 
 from __future__ import annotations
