@@ -13,6 +13,7 @@ from test_recurrence import _spread_halting
 from anira_jax import compaction, deciders, recurrence
 from anira_jax.anira import Anira
 from anira_jax.deciders import scheduled as deciders_scheduled
+from anira_jax.model import layers
 
 BUCKETS = (6,)  # of L = 12: iterations with <= 6 tokens to compute per row run compacted
 
@@ -122,3 +123,15 @@ def test_a_growing_run_set_falls_back_to_the_dense_step():
   np.testing.assert_allclose(out.state_BxLxD, ref.state_BxLxD, atol=1e-5)
   np.testing.assert_array_equal(out.depth_BxL, ref.depth_BxL)
   assert (int(work.dense_iterations), int(work.compacted_iterations)) == (2, 2)
+
+
+@pytest.mark.parametrize('name', ['online', 'oracle'])
+def test_dense_steps_in_several_causal_blocks(name, monkeypatch):
+  """The dense steps (and the masked loop) attend with `layers.causal_attention`, here in blocks
+  of 5 over 12 positions; compacted steps with `layers.attend` (sequences of the other tests fit
+  one block)."""
+  monkeypatch.setattr(layers, 'CAUSAL_BLOCK', 5)
+  anira = Anira(tiny_model(), tiny_decider(name))
+  params = _spread_halting(anira, anira.init(jax.random.key(0)))
+  out = _compare(anira, params, *_batch())
+  assert int(out.work.dense_iterations) > 0 and int(out.work.compacted_iterations) > 0

@@ -10,6 +10,7 @@ from conftest import ALL_DECIDERS, assert_same_on_real_tokens, tiny_decider, tin
 from test_recurrence import _spread_halting
 
 from anira_jax import decoding
+from anira_jax.model import layers
 from anira_jax.anira import Anira
 
 
@@ -65,3 +66,14 @@ def test_generate_continues_with_the_argmax_of_the_full_model():
   full = anira.apply(params, tokens, train=False, path='loop')
   np.testing.assert_array_equal(tokens[:, 4:], jnp.argmax(full.logits_BxLxV[:, 3:-1], -1))
   np.testing.assert_array_equal(depth, full.trajectory.depth_BxL)
+
+
+@pytest.mark.parametrize('name', ['online', 'early'])
+def test_whole_sequence_in_several_causal_blocks(name, monkeypatch):
+  """Decoding attends through `layers.attend` alone; the whole-sequence loop it is compared
+  with uses `layers.causal_attention`, here in blocks of 4 over 9 positions (sequences of the
+  other tests fit one block)."""
+  monkeypatch.setattr(layers, 'CAUSAL_BLOCK', 4)
+  anira = Anira(tiny_model(), tiny_decider(name))
+  params = _spread_halting(anira, anira.init(jax.random.key(0)))
+  _compare(anira, params, *_batch())

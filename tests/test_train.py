@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from anira_jax import recurrence
+from anira_jax.model import layers
 from anira_jax.training import checkpoint, loop
 from anira_jax.training import state as state_lib
 from anira_jax.training import step as step_lib
@@ -240,6 +241,23 @@ def test_residual_policy_gives_plain_autodiff_gradients(monkeypatch):
   grads, metrics = jax.jit(fn)(*args)
   monkeypatch.setattr(recurrence, 'RESIDUALS_POLICY', jax.checkpoint_policies.everything_saveable)
   ref_fn, ref_args = _gradients_with('online')
+  ref_grads, ref_metrics = jax.jit(ref_fn)(*ref_args)
+  chex.assert_trees_all_close(grads, ref_grads, atol=1e-6, rtol=1e-5)
+  np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('decider', ['online', 'act'])
+def test_attention_backward_passes_agree_on_the_whole_model(decider, monkeypatch):
+  """A sequence of one causal block takes attention's own backward pass, a longer one JAX's
+  (`layers.causal_attention`): the model's gradients must not depend on which ran."""
+  fn, args = _gradients_with(decider)
+  assert args[1]['tokens'].shape[1] <= layers.CAUSAL_BLOCK
+  saves = lambda fn, args: layers.ATTENTION_OUT in str(jax.make_jaxpr(fn)(*args))
+  assert saves(fn, args)  # what only the custom forward pass names
+  grads, metrics = jax.jit(fn)(*args)
+  monkeypatch.setattr(layers, 'CAUSAL_BLOCK', 3)  # several blocks: JAX's backward pass
+  ref_fn, ref_args = _gradients_with(decider)
+  assert not saves(ref_fn, ref_args)
   ref_grads, ref_metrics = jax.jit(ref_fn)(*ref_args)
   chex.assert_trees_all_close(grads, ref_grads, atol=1e-6, rtol=1e-5)
   np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], rtol=1e-6)
