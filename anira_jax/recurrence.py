@@ -61,7 +61,7 @@ def _finish(decider, params, h_BxLxD, state, depth_BxL, t_end, states_TxBxLxD):
 # What the training unroll keeps from each iteration's forward pass for the backward pass: the
 # outputs of the weight matmuls (q/k/v, output projection, MLP in and out, decision heads) and
 # attention's output and row log-sum-exp (small: [B, H, L, K] and [B, H, L]; its custom
-# backward pass, `layers._softmax_attention`, recomputes the probabilities from them), not the
+# backward pass, `layers.causal_attention`'s, recomputes the probabilities from them), not the
 # elementwise intermediates around them (norm statistics, RoPE, GELU's tanh terms, the
 # freezing mask). Without a policy `lax.scan` stacks every intermediate of every
 # iteration into [T, ...] buffers; on XLA:CPU that stacking (zero-filled, freshly page-faulted

@@ -69,15 +69,6 @@ class AttentionTest(chex.TestCase):
     self.assertEqual(low.dtype, jnp.bfloat16)
     np.testing.assert_allclose(low.astype(jnp.float32), layers.attention(q, k, v, mask), atol=0.05)
 
-  def test_bfloat16_gradients_track_float32(self):
-    q, k, v = _qkv(jax.random.key(11))
-    mask = layers.causal_mask(jnp.arange(7))[:, :5]
-    grad = lambda *qkv: jax.grad(lambda *a: jnp.sum(layers.attention(*a, mask).astype(
-        jnp.float32) ** 2), argnums=(0, 1, 2))(*qkv)
-    for low, high in zip(grad(*(x.astype(jnp.bfloat16) for x in (q, k, v))), grad(q, k, v)):
-      self.assertEqual(low.dtype, jnp.bfloat16)
-      np.testing.assert_allclose(low.astype(jnp.float32), high, atol=0.1, rtol=0.05)
-
 
 class CausalAttentionTest(chex.TestCase):
   """The query-blocked causal attention against one block and against JAX's causal attention."""
@@ -91,18 +82,27 @@ class CausalAttentionTest(chex.TestCase):
     np.testing.assert_allclose(out, jax.nn.dot_product_attention(q, k, v, is_causal=True),
                                atol=1e-5)
 
-  def test_gradients_equal_one_block(self):
-    # Blocks of 4 over 11 positions take JAX's backward pass, `attention` the custom one: the
-    # two backward passes check each other (and the custom one checks against JAX's attention
-    # above).
-    q, k, v = _qkv(jax.random.key(9), queries=11, keys=11)
+  @parameterized.parameters((11, 4), (11, 128), (9, 1))
+  def test_gradients_equal_jax_autodiff(self, length, block):
+    # The custom backward pass, in one block and in several, against JAX's derivative of the
+    # plain `attention` (itself checked against JAX's attention above).
+    q, k, v = _qkv(jax.random.key(9), queries=length, keys=length)
     weights = jax.random.normal(jax.random.key(10), q.shape)
-    one_block = lambda q, k, v: layers.attention(q, k, v, layers.causal_mask(jnp.arange(11)))
+    one_block = lambda q, k, v: layers.attention(q, k, v, layers.causal_mask(jnp.arange(length)))
     loss = lambda fn: lambda q, k, v: jnp.sum(weights * fn(q, k, v))
-    with mock.patch.object(layers, 'CAUSAL_BLOCK', 4):
-      ours = jax.grad(loss(layers.causal_attention), argnums=(0, 1, 2))(q, k, v)
+    with mock.patch.object(layers, 'CAUSAL_BLOCK', block):
+      ours = jax.jit(jax.grad(loss(layers.causal_attention), argnums=(0, 1, 2)))(q, k, v)
     for got, want in zip(ours, jax.grad(loss(one_block), argnums=(0, 1, 2))(q, k, v)):
       np.testing.assert_allclose(got, want, atol=1e-5)
+
+  def test_bfloat16_gradients_track_float32(self):
+    q, k, v = _qkv(jax.random.key(11), queries=7, keys=7)
+    grad = lambda *qkv: jax.grad(lambda *a: jnp.sum(layers.causal_attention(*a).astype(
+        jnp.float32) ** 2), argnums=(0, 1, 2))(*qkv)
+    with mock.patch.object(layers, 'CAUSAL_BLOCK', 3):
+      for low, high in zip(grad(*(x.astype(jnp.bfloat16) for x in (q, k, v))), grad(q, k, v)):
+        self.assertEqual(low.dtype, jnp.bfloat16)
+        np.testing.assert_allclose(low.astype(jnp.float32), high, atol=0.1, rtol=0.05)
 
 
 class RopeTest(chex.TestCase):

@@ -164,7 +164,8 @@ def causal_mask(positions_L: jax.Array) -> jax.Array:
 def attention(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
               mask_BxSxN: jax.Array) -> jax.Array:
   """Softmax attention of S queries over N keys where `mask` (broadcast over heads) allows.
-  Returns [B, S, H, K].
+  Returns [B, S, H, K]. Differentiated by JAX (training attends with `causal_attention`, which
+  has its own backward pass).
 
   Written out rather than `jax.nn.dot_product_attention` because of what XLA:CPU makes of that
   one: it normalises the [B, H, S, N] probabilities before the value matmul and then copies them
@@ -177,56 +178,20 @@ def attention(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
   dtype; a row with no visible key (never formed here) would average all values, not fail.
   """
   q_BxHxSxK, k_BxHxKxN, v_BxHxNxK = _heads_major(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK)
-  out_BxHxSxK = _softmax_attention(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN)
-  return jnp.transpose(out_BxHxSxK, (0, 2, 1, 3)).astype(q_BxSxHxK.dtype)
-
-
-# Query block of `causal_attention`: measured on the 2-core CPU (B·L = 8192 tokens, 4 heads of
-# 32), blocks of 128 queries ran the layer's attention 1.6-1.8x faster than one block at
-# L = 512-2048 and 1.3x at L = 256; blocks of 64 were slower, of 256 slower or no faster.
-CAUSAL_BLOCK = 128
-
-
-def causal_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
-                     v_BxLxHxK: jax.Array) -> jax.Array:
-  """`attention` with the causal mask of one sequence (query i sees keys j <= i), in query
-  blocks of CAUSAL_BLOCK that each read only the keys up to their own last position.
-
-  Blocking skips the score blocks that the mask would discard (about half of them for long
-  sequences) and keeps each block's [B, H, 128, <= L] scores small enough to stay in cache:
-  both halve the cost of the full [B, H, L, L] at L >= 512. Returns [B, L, H, K]; the same
-  function as `attention(q, k, v, causal_mask(arange(L)))` (tests/test_layers.py).
-  """
-  length = q_BxLxHxK.shape[1]
-  q_BxHxLxK, k_BxHxKxL, v_BxHxLxK = _heads_major(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
-  positions_L = jnp.arange(length)
-  # Which backward pass: the whole train step (benchmarks/train_step.py, 8,192 tokens a batch)
-  # took ~5% less with the custom one at L = 64 and 128 (one block) and ~5% more at L = 256
-  # (two blocks; there XLA:CPU ran its exponentials and one block's matmul outside YNNPACK).
-  block_attention = (_softmax_attention if length <= CAUSAL_BLOCK
-                     else _softmax_attention_by_jax)
-  outs = []
-  for start in range(0, length, CAUSAL_BLOCK):
-    stop = min(start + CAUSAL_BLOCK, length)  # queries [start, stop) see keys [0, stop)
-    outs.append(block_attention(q_BxHxLxK[:, :, start:stop], k_BxHxKxL[..., :stop],
-                                v_BxHxLxK[:, :, :stop],
-                                causal_mask(positions_L[:stop])[:, start:]))
-  out_BxHxLxK = jnp.concatenate(outs, axis=2) if len(outs) > 1 else outs[0]
-  return jnp.transpose(out_BxHxLxK, (0, 2, 1, 3)).astype(q_BxLxHxK.dtype)
+  out_BxHxSxK, _ = _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN)
+  return _heads_last(out_BxHxSxK, q_BxSxHxK.dtype)
 
 
 def _heads_major(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK):
-  """The layouts `_softmax_attention` reads, with the 1/sqrt(K) scale folded into q."""
+  """The layouts `_attention_forward` reads, with the 1/sqrt(K) scale folded into q."""
   scale = q_BxSxHxK.shape[-1] ** -0.5
   q_BxHxSxK = jnp.transpose(q_BxSxHxK * jnp.asarray(scale, q_BxSxHxK.dtype), (0, 2, 1, 3))
   return (q_BxHxSxK, jnp.transpose(k_BxNxHxK, (0, 2, 3, 1)),
           jnp.transpose(v_BxNxHxK, (0, 2, 1, 3)))
 
 
-# Names of what `_softmax_attention` keeps for its backward pass, for checkpoint policies
-# (`recurrence.RESIDUALS_POLICY` saves them rather than recomputing the forward attention).
-ATTENTION_OUT = 'attention_out'
-ATTENTION_LOGSUMEXP = 'attention_logsumexp'
+def _heads_last(x_BxHxSxK, dtype):
+  return jnp.transpose(x_BxHxSxK, (0, 2, 1, 3)).astype(dtype)
 
 
 def _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
@@ -243,60 +208,112 @@ def _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
   return out_BxHxSxK, (max_BxHxSx1 + jnp.log(total_BxHxSx1))[..., 0]
 
 
+# Query block of `causal_attention`: measured on the 2-core CPU (B·L = 8192 tokens, 4 heads of
+# 32), blocks of 128 queries ran the layer's attention 1.6-1.8x faster than one block at
+# L = 512-2048 and 1.3x at L = 256; blocks of 64 were slower, of 256 slower or no faster.
+CAUSAL_BLOCK = 128
+
+# Names of what `causal_attention` keeps for its backward pass, for checkpoint policies
+# (`recurrence.RESIDUALS_POLICY` saves them rather than recomputing the forward attention).
+ATTENTION_OUT = 'attention_out'
+ATTENTION_LOGSUMEXP = 'attention_logsumexp'
+
+
+def _causal_blocks(length: int) -> list[tuple[int, int]]:
+  """[start, stop) of each query block; block [start, stop) sees keys [0, stop)."""
+  return [(start, min(start + CAUSAL_BLOCK, length)) for start in range(0, length, CAUSAL_BLOCK)]
+
+
 @jax.custom_vjp
-def _softmax_attention(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
-  """[B, H, S, K] float32: softmax(q k + mask) v, normalised after the value matmul.
+def causal_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
+                     v_BxLxHxK: jax.Array) -> jax.Array:
+  """`attention` with the causal mask of one sequence (query i sees keys j <= i), in query
+  blocks of CAUSAL_BLOCK that each read only the keys up to their own last position, with its
+  own backward pass (`_causal_attention_bwd`).
 
-  Its own backward pass (FlashAttention's, Dao et al. 2022): from the saved output and row
-  log-sum-exp it recomputes the probabilities once and forms every gradient in the transposed
-  [.., N, S] orientation, so that each of the five matmuls contracts the minor axis of its left
-  operand. Differentiated by JAX instead (`_softmax_attention_by_jax`), the backward pass
-  recomputed the whole forward attention and contracted two matmuls over a major axis, which
-  XLA:CPU runs outside YNNPACK at a fraction of the speed.
+  Blocking skips the score blocks that the mask would discard (about half of them for long
+  sequences) and keeps each block's [B, H, 128, <= L] scores small enough to stay in cache:
+  both halve the cost of the full [B, H, L, L] at L >= 512. Returns [B, L, H, K]; the same
+  function as `attention(q, k, v, causal_mask(arange(L)))`, values and gradients
+  (tests/test_layers.py).
   """
-  return _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN)[0]
+  out_BxHxLxK, _ = _causal_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+  return _heads_last(out_BxHxLxK, q_BxLxHxK.dtype)
 
 
-def _softmax_attention_by_jax(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
-  """`_softmax_attention` with the backward pass JAX derives (and the checkpoint policy
-  recomputing the forward attention)."""
-  return _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN)[0]
+def _causal_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
+  """(out [B, H, L, K], logsumexp [B, H, L]) of the causal attention, float32, block by block."""
+  q_BxHxLxK, k_BxHxKxL, v_BxHxLxK = _heads_major(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+  positions_L = jnp.arange(q_BxLxHxK.shape[1])
+  outs, logsumexps = [], []
+  for start, stop in _causal_blocks(q_BxLxHxK.shape[1]):
+    out, logsumexp = _attention_forward(
+        q_BxHxLxK[:, :, start:stop], k_BxHxKxL[..., :stop], v_BxHxLxK[:, :, :stop],
+        causal_mask(positions_L[:stop])[:, start:])
+    outs.append(out)
+    logsumexps.append(logsumexp)
+  join = lambda xs: jnp.concatenate(xs, axis=2) if len(xs) > 1 else xs[0]
+  return join(outs), join(logsumexps)
 
 
-def _softmax_attention_fwd(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
-  out_BxHxSxK, lse_BxHxS = _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN)
-  out_BxHxSxK = checkpoint_name(out_BxHxSxK, ATTENTION_OUT)
-  lse_BxHxS = checkpoint_name(lse_BxHxS, ATTENTION_LOGSUMEXP)
-  return out_BxHxSxK, (q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN, out_BxHxSxK, lse_BxHxS)
+def _causal_attention_fwd(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
+  out_BxHxLxK, logsumexp_BxHxL = _causal_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+  out_BxHxLxK = checkpoint_name(out_BxHxLxK, ATTENTION_OUT)
+  logsumexp_BxHxL = checkpoint_name(logsumexp_BxHxL, ATTENTION_LOGSUMEXP)
+  return (_heads_last(out_BxHxLxK, q_BxLxHxK.dtype),
+          (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, out_BxHxLxK, logsumexp_BxHxL))
 
 
-def _softmax_attention_bwd(residuals, dout_BxHxSxK):
-  """Cotangents of (q, k, v) from the saved residuals; the boolean mask has none."""
-  q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN, out_BxHxSxK, lse_BxHxS = residuals
-  dtype = v_BxHxNxK.dtype
-  k_BxHxNxK = jnp.swapaxes(k_BxHxKxN, -1, -2)
-  scores_BxHxNxS = jnp.einsum('bhnk,bhsk->bhns', k_BxHxNxK, q_BxHxSxK,
-                              preferred_element_type=jnp.float32)
-  scores_BxHxNxS = jnp.where(jnp.swapaxes(mask_BxSxN, -1, -2)[:, None], scores_BxHxNxS, -1e30)
-  probs_BxHxNxS = jnp.exp(scores_BxHxNxS - lse_BxHxS[:, :, None, :])
-  dout_BxHxSxK = dout_BxHxSxK.astype(dtype)
-  dv_BxHxNxK = jnp.einsum('bhns,bhsk->bhnk', probs_BxHxNxS.astype(dtype), dout_BxHxSxK,
-                          preferred_element_type=jnp.float32)
-  dprobs_BxHxNxS = jnp.einsum('bhnk,bhsk->bhns', v_BxHxNxK, dout_BxHxSxK,
-                              preferred_element_type=jnp.float32)
-  row_dot_BxHxS = jnp.sum(dout_BxHxSxK * out_BxHxSxK, axis=-1)  # Σ_n p dp, from the output
-  dscores_BxHxNxS = (probs_BxHxNxS * (dprobs_BxHxNxS - row_dot_BxHxS[:, :, None, :])
-                     ).astype(dtype)
-  dk_BxHxNxK = jnp.einsum('bhns,bhsk->bhnk', dscores_BxHxNxS, q_BxHxSxK,
-                          preferred_element_type=jnp.float32)
-  dq_BxHxKxS = jnp.einsum('bhkn,bhns->bhks', k_BxHxKxN, dscores_BxHxNxS,
-                          preferred_element_type=jnp.float32)
-  return (jnp.swapaxes(dq_BxHxKxS, -1, -2).astype(q_BxHxSxK.dtype),
-          jnp.swapaxes(dk_BxHxNxK, -1, -2).astype(k_BxHxKxN.dtype),
-          dv_BxHxNxK.astype(dtype), None)
+def _causal_attention_bwd(residuals, dout_BxLxHxK):
+  """Cotangents of (q, k, v): FlashAttention's backward pass (Dao et al. 2022), block by block.
+
+  From the saved output and row log-sum-exp it recomputes each block's probabilities once, and
+  forms every gradient in the transposed [.., keys, queries] orientation, so that each of the
+  five matmuls per block contracts the minor axis of its left operand, which is what XLA:CPU
+  runs in YNNPACK. The gradients leave in the caller's [B, L, H, K] layout: the transposes back
+  from heads-major are then copies of their own. Returned heads-major, a [K, S] -> [S, K] swap
+  is one that XLA folds into the matmul before it, and with more than one block it did, moving
+  the dq and dk matmuls out of YNNPACK. Differentiated by JAX instead, the backward pass
+  recomputed the whole forward attention and contracted two matmuls over a major axis.
+  Measured on the whole train step (benchmarks/train_step.py, 8,192 tokens a batch): 13% faster
+  than JAX's derivative at L = 256, 16% at L = 512, the same at L = 64 and 128.
+  """
+  q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, out_BxHxLxK, logsumexp_BxHxL = residuals
+  length, head_dim = q_BxLxHxK.shape[1], q_BxLxHxK.shape[-1]
+  dtype = v_BxLxHxK.dtype
+  q_BxHxLxK, k_BxHxKxL, v_BxHxLxK = _heads_major(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+  k_BxHxLxK = jnp.transpose(k_BxLxHxK, (0, 2, 1, 3))
+  dout_BxHxLxK = jnp.transpose(dout_BxLxHxK, (0, 2, 1, 3)).astype(dtype)
+  row_dot_BxHxL = jnp.sum(dout_BxHxLxK * out_BxHxLxK, axis=-1)  # Σ_n p dp, from the output
+  positions_L = jnp.arange(length)
+  dqs_BxHxKxS, dk_BxHxLxK, dv_BxHxLxK = [], 0.0, 0.0
+  for start, stop in _causal_blocks(length):  # queries [start, stop) = S, keys [0, stop) = N
+    q_BxHxSxK, dout_BxHxSxK = q_BxHxLxK[:, :, start:stop], dout_BxHxLxK[:, :, start:stop]
+    mask_BxNxS = jnp.swapaxes(causal_mask(positions_L[:stop])[:, start:], -1, -2)
+    scores_BxHxNxS = jnp.einsum('bhnk,bhsk->bhns', k_BxHxLxK[:, :, :stop], q_BxHxSxK,
+                                preferred_element_type=jnp.float32)
+    scores_BxHxNxS = jnp.where(mask_BxNxS[:, None], scores_BxHxNxS, -1e30)
+    probs_BxHxNxS = jnp.exp(scores_BxHxNxS - logsumexp_BxHxL[:, :, None, start:stop])
+    dv_BxHxNxK = jnp.einsum('bhns,bhsk->bhnk', probs_BxHxNxS.astype(dtype), dout_BxHxSxK,
+                            preferred_element_type=jnp.float32)
+    dprobs_BxHxNxS = jnp.einsum('bhnk,bhsk->bhns', v_BxHxLxK[:, :, :stop], dout_BxHxSxK,
+                                preferred_element_type=jnp.float32)
+    dscores_BxHxNxS = (probs_BxHxNxS * (dprobs_BxHxNxS - row_dot_BxHxL[:, :, None, start:stop])
+                       ).astype(dtype)
+    dk_BxHxNxK = jnp.einsum('bhns,bhsk->bhnk', dscores_BxHxNxS, q_BxHxSxK,
+                            preferred_element_type=jnp.float32)
+    dqs_BxHxKxS.append(jnp.einsum('bhkn,bhns->bhks', k_BxHxKxL[..., :stop], dscores_BxHxNxS,
+                                  preferred_element_type=jnp.float32))
+    later_keys = ((0, 0), (0, 0), (0, length - stop), (0, 0))
+    dk_BxHxLxK = dk_BxHxLxK + jnp.pad(dk_BxHxNxK, later_keys)
+    dv_BxHxLxK = dv_BxHxLxK + jnp.pad(dv_BxHxNxK, later_keys)
+  dq_BxHxKxL = jnp.concatenate(dqs_BxHxKxS, axis=-1) if len(dqs_BxHxKxS) > 1 else dqs_BxHxKxS[0]
+  dq_BxLxHxK = jnp.transpose(dq_BxHxKxL, (0, 3, 1, 2)) * head_dim ** -0.5  # q was scaled
+  return (dq_BxLxHxK.astype(q_BxLxHxK.dtype), _heads_last(dk_BxHxLxK, k_BxLxHxK.dtype),
+          _heads_last(dv_BxHxLxK, dtype))
 
 
-_softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
 
 
 def attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
