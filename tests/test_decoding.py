@@ -10,8 +10,8 @@ from conftest import ALL_DECIDERS, assert_same_on_real_tokens, tiny_decider, tin
 from test_recurrence import _spread_halting
 
 from anira_jax import decoding
-from anira_jax.model import layers
 from anira_jax.anira import Anira
+from anira_jax.model import layers
 
 
 def _batch():

@@ -191,6 +191,7 @@ def _heads_major(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK):
 
 
 def _heads_last(x_BxHxSxK, dtype):
+  """[B, H, S, K] -> [B, S, H, K] in `dtype`."""
   return jnp.transpose(x_BxHxSxK, (0, 2, 1, 3)).astype(dtype)
 
 
@@ -270,13 +271,14 @@ def _causal_attention_bwd(residuals, dout_BxLxHxK):
   From the saved output and row log-sum-exp it recomputes each block's probabilities once, and
   forms every gradient in the transposed [.., keys, queries] orientation, so that each of the
   five matmuls per block contracts the minor axis of its left operand, which is what XLA:CPU
-  runs in YNNPACK. The gradients leave in the caller's [B, L, H, K] layout: the transposes back
-  from heads-major are then copies of their own. Returned heads-major, a [K, S] -> [S, K] swap
-  is one that XLA folds into the matmul before it, and with more than one block it did, moving
-  the dq and dk matmuls out of YNNPACK. Differentiated by JAX instead, the backward pass
-  recomputed the whole forward attention and contracted two matmuls over a major axis.
-  Measured on the whole train step (benchmarks/train_step.py, 8,192 tokens a batch): 13% faster
-  than JAX's derivative at L = 256, 16% at L = 512, the same at L = 64 and 128.
+  runs in YNNPACK. The gradients leave in the caller's [B, L, H, K] layout, so the transposes
+  back from heads-major are copies of their own. Returned heads-major (as a custom_vjp per block
+  must), the final [K, S] -> [S, K] swaps are transposes that XLA may fold into the dq and dk
+  matmuls, and with more than one block it did, running those matmuls outside YNNPACK.
+  Differentiated by JAX instead, the backward pass recomputed the whole forward attention and
+  contracted two matmuls over a major axis. Measured on the whole train step
+  (benchmarks/train_step.py, 8,192 tokens a batch): 13% faster than with JAX's derivative at
+  L = 256, 16% at L = 512, and as fast as the per-block version at L = 64 and 128.
   """
   q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, out_BxHxLxK, logsumexp_BxHxL = residuals
   length, head_dim = q_BxLxHxK.shape[1], q_BxLxHxK.shape[-1]
