@@ -23,6 +23,7 @@ import numpy as np
 import scipy.stats
 
 from anira_jax.anira import Anira
+from anira_jax.training import sharding
 from anira_jax.training import step as step_lib
 
 DEVICE_KEYS = ('tokens', 'targets', 'loss_mask', 'complexity')
@@ -31,6 +32,22 @@ DEVICE_KEYS = ('tokens', 'targets', 'loss_mask', 'complexity')
 def device_batch(batch: dict) -> dict:
   """The arrays the model's steps read (features and sizes stay on the host)."""
   return {k: batch[k] for k in DEVICE_KEYS}
+
+
+def _rows_over_mesh(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+  """One host batch, the same on every process, as global arrays whose rows are split over
+  every device of `mesh`: each device evaluates only its rows (passed as they are, the batch
+  would be replicated and every device would compute all of it). Rows are padded with padding
+  tokens (id 0, no answer) to a multiple of the device count; padding never runs, so the loop's
+  iterations are those of the real rows, and the caller drops the padded rows' outputs."""
+  rows, devices = len(arrays['tokens']), mesh.devices.size
+  padded = -(-rows // devices) * devices
+  split = sharding.batch_sharding(mesh)
+  out = {}
+  for name, x in arrays.items():
+    x = np.pad(x, [(0, padded - rows)] + [(0, 0)] * (x.ndim - 1))
+    out[name] = jax.make_array_from_callback(x.shape, split, lambda index, x=x: x[index])
+  return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,7 +75,8 @@ def evaluate_batches(anira: Anira, params: dict, batches: Iterable[dict],
                      max_depth: int | None = None, mesh=None) -> dict:
   """The results dictionary of one split from its host batches (see the module docstring).
 
-  Every process passes the same batches; with a `mesh` the outputs come back replicated.
+  Every process passes the same batches. With a `mesh`, each batch's rows are split over its
+  devices and the outputs come back replicated to every process.
   """
   eval_step = _jitted_eval_step(anira, max_depth, mesh)
   answer_depth, answer_expected, answer_complexity, answer_correct = [], [], [], []
@@ -66,7 +84,12 @@ def evaluate_batches(anira: Anira, params: dict, batches: Iterable[dict],
   execution_cost = decision_cost = real_tokens = 0
   iterations = []
   for index, batch in enumerate(batches):
-    out = jax.device_get(eval_step(params, device_batch(batch), sampling_key(index)))
+    arrays = device_batch(batch)
+    rows = len(arrays['tokens'])
+    if mesh is not None:
+      arrays = _rows_over_mesh(arrays, mesh)
+    out = jax.device_get(eval_step(params, arrays, sampling_key(index)))
+    out = {k: v if k == 'iterations' else v[:rows] for k, v in out.items()}
     mask = batch['loss_mask']
     real = batch['tokens'] != 0
     answer_depth.append(out['depth'][mask])

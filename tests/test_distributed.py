@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from test_train import REPO, _config_from_args, _launch, _losses
 
+from anira_jax import inspect
 from anira_jax.training import loop
 
 # Runs in a fresh process with 8 simulated CPU devices; prints {mesh: losses}.
@@ -73,6 +74,55 @@ def test_sharded_training_matches_one_device(decider):
                                err_msg=mesh)
 
 
+# Runs in a fresh process with 8 simulated CPU devices; prints {mesh: evaluation results}.
+_EVAL_SCRIPT = textwrap.dedent('''
+    import json
+    import jax
+    from anira_jax import evaluation
+    from anira_jax.training import loop, sharding
+    import tasks
+    from tests.test_train import small_config
+
+    config = small_config()
+    config.decider.name, config.decider.rule = 'online', 'sample'  # per-token random draws
+    task, anira = loop.build(config)
+    params = anira.init(jax.random.key(0))
+    stream = tasks.Stream(task, (1, 2, 3, 4, 5, 6), 12, seed=3)  # 12 rows: 16 on 8 devices
+    batches = [stream.batch(i) for i in range(2)]
+    results = {}
+    for data, fsdp in [(1, 1), (8, 1), (2, 4)]:
+      config.mesh.data, config.mesh.fsdp = data, fsdp
+      mesh = sharding.make_mesh(config, devices=jax.devices()[:data * fsdp])
+      rows = evaluation._rows_over_mesh(evaluation.device_batch(batches[0]), mesh)['tokens']
+      results[f'{data}x{fsdp}'] = {
+          'rows_per_device': sorted({s.data.shape[0] for s in rows.addressable_shards}),
+          **evaluation.evaluate_batches(anira, params, batches, mesh=mesh)}
+    results['none'] = evaluation.evaluate_batches(anira, params, batches)
+    print(json.dumps(results))
+''')
+
+
+def test_evaluation_splits_rows_over_devices_with_the_same_results():
+  """Each device evaluates its share of a batch (padded from 12 rows to 16); the results, random
+  halting draws included, equal one device's and those without a mesh."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+         'PYTHONPATH': str(REPO)}
+  result = subprocess.run([sys.executable, '-c', _EVAL_SCRIPT], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  runs = json.loads(result.stdout.strip().splitlines()[-1])
+  assert runs['1x1'].pop('rows_per_device') == [12]
+  assert runs['8x1'].pop('rows_per_device') == runs['2x4'].pop('rows_per_device') == [2]
+  reference = runs.pop('none')
+  assert len(reference['depth_histogram']) > 2, 'depths do not vary: test too weak'
+  for mesh, got in runs.items():
+    assert got['depth_histogram'] == reference['depth_histogram'], mesh
+    assert got['examples'] == reference['examples'] == 24, mesh
+    for key, value in reference.items():
+      if isinstance(value, float):
+        np.testing.assert_allclose(got[key], value, rtol=1e-6, err_msg=f'{mesh}: {key}')
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -92,6 +142,12 @@ def test_two_processes_train_then_one_process_resumes(tmp_path):
   assert "'data': 2" in outputs[0] and '2 process(es)' in outputs[0]
   assert (tmp_path / 'checkpoints' / '20').is_dir()
   two_process_results = json.loads((tmp_path / 'results.json').read_text())
+  # Its evaluation (each process evaluating its devices' rows) = one process's, same checkpoint.
+  one_process = inspect.load(tmp_path, step=20).results()
+  for split, got in two_process_results['splits'].items():
+    want = one_process['splits'][split]
+    assert got['depth_histogram'] == {str(d): n for d, n in want['depth_histogram'].items()}
+    np.testing.assert_allclose(got['token_accuracy'], want['token_accuracy'], rtol=1e-6)
 
   # One process restores the two-process checkpoint and continues.
   resumed = subprocess.run(_launch(tmp_path, '--config.train.steps=30',
