@@ -158,6 +158,9 @@ def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction,
                                        if memory.get(method) is not None else None)
       trajectory, work = run['compacted'](params, h0, complexity, valid)
       row['depths_as_chosen'] = bool(np.array_equal(np.asarray(trajectory.depth_BxL), depth_BxL))
+      masked = run['masked'](params, h0, complexity, valid)
+      row['compacted_max_abs_diff_vs_masked'] = float(jnp.max(jnp.abs(
+          trajectory.state_BxLxD - masked.state_BxLxD)))
       row['compacted_work'] = {k: int(v) for k, v in work._asdict().items()}
       row['compacted_share_of_ideal'] = row['compacted_speedup'] / ideal
       rows.append(row)

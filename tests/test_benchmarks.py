@@ -1,0 +1,34 @@
+"""The performance benchmark's documented command runs end to end (small, `--quick`) and its
+JSON holds every table, with compacted inference equal to the masked loop it is timed against.
+Figures are not checked: speed is the benchmark's to report, not a test's to assert."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from test_train import REPO
+
+
+@pytest.mark.slow
+def test_quick_inference_benchmark_writes_every_table(tmp_path):
+  out = tmp_path / 'inference.json'
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.inference', '--quick', f'--out={out}'], cwd=REPO,
+      capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = json.loads(out.read_text())
+  rows = results['inference']
+  dists = ('depth1', 'geometric', 'uniform', 'full')
+  assert {(r['length'], r['dist']) for r in rows} == {(n, d) for n in (128, 256) for d in dists}
+  for row in rows:
+    name = f"L={row['length']} {row['dist']}"
+    assert row['depths_as_chosen'], name
+    assert row['compacted_max_abs_diff_vs_masked'] < 1e-4, name
+    assert row['ideal_speedup'] >= 1.0 and row['compacted_speedup'] > 0, name
+  work = {r['dist']: r['compacted_work'] for r in rows if r['length'] == 256}
+  assert work['full']['compacted_iterations'] == 0  # no token halts: the dense step throughout
+  assert work['geometric']['compacted_iterations'] > 0
+  max_depth = results['model']['max_depth']
+  assert [r['depth'] for r in results['decoding']] == list(range(1, max_depth + 1))
+  assert results['train'] and all(r['tokens_per_s'] > 0 for r in results['train'])
