@@ -32,3 +32,23 @@ def test_quick_inference_benchmark_writes_every_table(tmp_path):
   max_depth = results['model']['max_depth']
   assert [r['depth'] for r in results['decoding']] == list(range(1, max_depth + 1))
   assert results['train'] and all(r['tokens_per_s'] > 0 for r in results['train'])
+
+
+@pytest.mark.slow
+def test_quick_train_step_benchmark_compares_the_same_model(tmp_path):
+  """The PyTorch eager model it times against is the same model: same parameter count, and the
+  same first loss and gradient norm from the same parameters and batch."""
+  pytest.importorskip('torch', reason="the optional `bench` extra (pip install -e '.[bench]')")
+  out = tmp_path / 'train_step.json'
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.train_step', '--quick', f'--out={out}'], cwd=REPO,
+      capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = json.loads(out.read_text())
+  assert results['parameters']['jax'] == results['parameters']['torch']
+  jax_loss, jax_grad_norm = results['first_step']['jax']
+  for name in ('torch_2t', 'torch_1t'):
+    loss, grad_norm = results['first_step'][name]
+    assert loss == pytest.approx(jax_loss, rel=1e-5), name
+    assert grad_norm == pytest.approx(jax_grad_norm, rel=1e-5), name
+  assert results['jax_over_torch_time'] > 0
