@@ -15,8 +15,7 @@ def test_quick_inference_benchmark_writes_every_table(tmp_path):
   out = tmp_path / 'inference.json'
   result = subprocess.run(
       [sys.executable, '-m', 'benchmarks.inference', '--quick', '--dists=geometric,full',
-       f'--out={out}'], cwd=REPO,
-      capture_output=True, text=True, timeout=900)
+       f'--out={out}'], cwd=REPO, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads(out.read_text())
   rows = results['inference']
