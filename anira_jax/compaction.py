@@ -190,7 +190,7 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
         q, k, v = layers.project(cfg, block, x_BxSxD, rot_BxS)
         k_cache[i] = _scatter(k_cache[i], idx_BxS, k)
         v_cache[i] = _scatter(v_cache[i], idx_BxS, v)
-      attn = layers.attend(q, k_cache[i], v_cache[i], pos_BxS, positions_L)
+      attn = layers.attend(q, k_cache[i], v_cache[i], pos_BxS)
       x_BxSxD = layers.update(cfg, block, x_BxSxD, attn)
     keep_BxS = jnp.where(_gather(active_BxL, idx_BxS) & (idx_BxS < length), idx_BxS,
                          idx_BxS + length)  # distinct and out of range: dropped

@@ -91,9 +91,8 @@ def _layer(cfg, block, x_Bx1xD, position, cache_k_BxNxHxK, cache_v_BxNxHxK):
                                                 position, axis=1)
   cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v_BxNxHxK, v.astype(cache_v_BxNxHxK.dtype),
                                                 position, axis=1)
-  batch, length = cache_k.shape[:2]
-  q_positions_Bx1 = jnp.full((batch, 1), position)
-  attn = layers.attend(q, cache_k, cache_v, q_positions_Bx1, jnp.arange(length))
+  q_positions_Bx1 = jnp.full((cache_k.shape[0], 1), position)
+  attn = layers.attend(q, cache_k, cache_v, q_positions_Bx1)
   return layers.update(cfg, block, x_Bx1xD, attn), k, v
 
 

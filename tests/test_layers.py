@@ -58,7 +58,7 @@ class AttentionTest(chex.TestCase):
     full = layers.attention(q, k, v, layers.causal_mask(jnp.arange(9)))
     picked_BxS = jnp.asarray([[0, 4, 8], [2, 3, 7]])
     q_picked = jnp.take_along_axis(q, picked_BxS[:, :, None, None], axis=1)
-    out = layers.attend(q_picked, k, v, picked_BxS, jnp.arange(9))
+    out = layers.attend(q_picked, k, v, picked_BxS)
     np.testing.assert_allclose(out, jnp.take_along_axis(full, picked_BxS[:, :, None, None], axis=1),
                                atol=1e-5)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from anira_jax import recurrence
-from anira_jax.model import layers
+from anira_jax.model import cpu_attention, layers
 from anira_jax.training import checkpoint, loop
 from anira_jax.training import state as state_lib
 from anira_jax.training import step as step_lib
@@ -248,8 +248,10 @@ def test_residual_policy_gives_plain_autodiff_gradients(monkeypatch):
 
 @pytest.mark.parametrize('decider,block', [('online', 128), ('act', 3)])
 def test_attention_backward_pass_gives_plain_autodiff_gradients(decider, block, monkeypatch):
-  """`layers.causal_attention`'s own backward pass (here in one block of 128 or in blocks of
-  3) against JAX's derivative of the plain `layers.attention`, on the whole model's gradients."""
+  """`layers.blocked_causal_attention`'s own backward pass (here in one block of 128 or in
+  blocks of 3) against JAX's derivative of the plain `layers.attention`, on the whole model's
+  gradients (tests/test_cpu_attention.py checks the fused kernel's the same way)."""
+  monkeypatch.setattr(cpu_attention, 'supports', lambda *_: False)
   monkeypatch.setattr(layers, 'CAUSAL_BLOCK', block)
   fn, args = _gradients_with(decider)
   saves = lambda fn, args: layers.ATTENTION_OUT in str(jax.make_jaxpr(fn)(*args))

@@ -9,13 +9,16 @@ step (compacted inference, KV-cache decoding):
     q, k, v = project(cfg, block_params, x, positions)      # pre-norm, q/k/v, RoPE
                                                              # (or queries / keys_values alone;
                                                              # positions may be a `Rotary`)
-    attn = attend(q, k_cache, v_cache, q_positions, k_positions)  # causal by original position
+    attn = attend(q, k_cache, v_cache, q_positions)      # causal by original position
     x = update(cfg, block_params, x, attn)                   # output projection, MLP, residuals
 
 `Block.__call__` is these three on one sequence, with `causal_attention` (the same function as
-`attend` over the whole sequence, computed in causal blocks; tested) in the middle, so the pieces
-and the block cannot drift apart; `block_params` is one `layer_i` entry of a `Stack`'s parameter
-tree.
+`attend` over the whole sequence; tested) in the middle, so the pieces and the block cannot
+drift apart; `block_params` is one `layer_i` entry of a `Stack`'s parameter tree.
+
+On one CPU device, float32 attention with head dims 16/32/64/128 runs in a fused kernel
+(`cpu_attention`, compiled on first use); elsewhere, or without a C++ compiler, as the plain JAX
+below. Both compute the same function (tests/test_cpu_attention.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from anira_jax.config import ModelConfig
+from anira_jax.model import cpu_attention
 
 
 class Rotary(NamedTuple):
@@ -225,12 +229,26 @@ def _causal_blocks(length: int) -> list[tuple[int, int]]:
   return [(start, min(start + CAUSAL_BLOCK, length)) for start in range(0, length, CAUSAL_BLOCK)]
 
 
-@jax.custom_vjp
 def causal_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
                      v_BxLxHxK: jax.Array) -> jax.Array:
-  """`attention` with the causal mask of one sequence (query i sees keys j <= i), in query
-  blocks of CAUSAL_BLOCK that each read only the keys up to their own last position, with its
-  own backward pass (`_causal_attention_bwd`).
+  """`attention` with the causal mask of one sequence (query i sees keys j <= i): [B, L, H, K].
+
+  In the fused CPU kernel where it applies (`cpu_attention.supports`), else in plain JAX
+  (`blocked_causal_attention`). Both have their own backward pass and save, for the checkpoint
+  policy, their output and row log-sum-exp under ATTENTION_OUT and ATTENTION_LOGSUMEXP.
+  """
+  if cpu_attention.supports(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
+    batch, length = q_BxLxHxK.shape[:2]
+    positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    return _fused_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, positions_BxL)
+  return blocked_causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+
+
+@jax.custom_vjp
+def blocked_causal_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
+                             v_BxLxHxK: jax.Array) -> jax.Array:
+  """`causal_attention` in plain JAX: query blocks of CAUSAL_BLOCK that each read only the keys
+  up to their own last position, with its own backward pass (`_causal_attention_bwd`).
 
   Blocking skips the score blocks that the mask would discard (about half of them for long
   sequences) and keeps each block's [B, H, 128, <= L] scores small enough to stay in cache:
@@ -315,19 +333,44 @@ def _causal_attention_bwd(residuals, dout_BxLxHxK):
           _heads_last(dv_BxHxLxK, dtype))
 
 
-causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
+blocked_causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
 
 
 def attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
-           q_positions_BxS: jax.Array, k_positions_N: jax.Array) -> jax.Array:
-  """Attention of S queries over N keys, causal by ORIGINAL sequence position.
+           q_positions_BxS: jax.Array) -> jax.Array:
+  """Attention of S queries over a cache of N keys at positions 0..N-1, causal by ORIGINAL
+  sequence position: query s sees key n iff n <= q_positions[b, s] (which must be < N).
 
-  Query s (at position q_positions[b, s]) sees key n iff k_positions[n] <= q_positions[b, s], so
-  a gathered subset of queries over the whole key cache gives what the full causal block gives
-  those tokens. Returns [B, S, H, K].
+  So a gathered subset of queries over the whole key cache gives what the full causal block
+  gives those tokens. Returns [B, S, H, K]. In the fused CPU kernel where it applies, which also
+  skips, per tile of queries, the keys past the tile's largest position.
   """
-  mask_BxSxN = k_positions_N[None, None, :] <= q_positions_BxS[:, :, None]
+  if cpu_attention.supports(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK):
+    return _fused_attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS)
+  mask_BxSxN = jnp.arange(k_BxNxHxK.shape[1])[None, None, :] <= q_positions_BxS[:, :, None]
   return attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, mask_BxSxN)
+
+
+@jax.custom_vjp
+def _fused_attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS):
+  """`attend` in the CPU kernel, with the kernel's backward pass."""
+  return cpu_attention.forward(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS)[0]
+
+
+def _fused_attention_fwd(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS):
+  out_BxSxHxK, logsumexp_BxSxH = cpu_attention.forward(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK,
+                                                       q_positions_BxS)
+  out_BxSxHxK = checkpoint_name(out_BxSxHxK, ATTENTION_OUT)
+  logsumexp_BxSxH = checkpoint_name(logsumexp_BxSxH, ATTENTION_LOGSUMEXP)
+  return out_BxSxHxK, (q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS, out_BxSxHxK,
+                       logsumexp_BxSxH)
+
+
+def _fused_attention_bwd(residuals, dout_BxSxHxK):
+  return (*cpu_attention.backward(*residuals, dout_BxSxHxK), None)  # positions: no cotangent
+
+
+_fused_attention.defvjp(_fused_attention_fwd, _fused_attention_bwd)
 
 
 class Stack(nn.Module):
