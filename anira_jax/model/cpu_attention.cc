@@ -314,11 +314,19 @@ void backward_head(Rows q, Rows k, Rows v, const int32_t* positions, Rows out, R
   }
 }
 
+// Below this many multiply-adds a call runs on the calling thread alone: waking a pool thread
+// costs more than it saves.
+constexpr int64_t kMinParallelWork = 1 << 18;
+
 // Runs work(0 .. total-1) on the calling thread and XLA's intra-op pool. Tasks claim items from
 // a shared counter; the caller returns once every item is done. A pool task that starts after
 // all items are claimed finds nothing to do, so the shared state outlives the call.
 template <typename Work>
-void parallel_for(ffi::ThreadPool& pool, int64_t total, Work work) {
+void parallel_for(ffi::ThreadPool& pool, int64_t total, int64_t cost, Work work) {
+  if (cost < kMinParallelWork) {
+    for (int64_t item = 0; item < total; ++item) work(item);
+    return;
+  }
   struct Shared {
     std::atomic<int64_t> next{0}, done{0};
     std::mutex mu;
@@ -353,7 +361,8 @@ void forward(ffi::ThreadPool& pool, const float* q, const float* k, const float*
              const int32_t* positions, float* out, float* lse, int64_t batch, int64_t queries,
              int64_t heads, int64_t length) {
   const int64_t row = heads * K;
-  parallel_for(pool, batch * heads, [=](int64_t item) {
+  const int64_t cost = batch * heads * queries * length * K;  // multiply-adds, at most
+  parallel_for(pool, batch * heads, cost, [=](int64_t item) {
     const int64_t b = item / heads, h = item % heads;
     const int64_t qo = b * queries * row + h * K, ko = b * length * row + h * K;
     forward_head<K>({q + qo, row}, {k + ko, row}, {v + ko, row}, positions + b * queries,
@@ -368,7 +377,8 @@ void backward(ffi::ThreadPool& pool, const float* q, const float* k, const float
               float* dq, float* dk, float* dv, int64_t batch, int64_t queries, int64_t heads,
               int64_t length) {
   const int64_t row = heads * K;
-  parallel_for(pool, batch * heads, [=](int64_t item) {
+  const int64_t cost = 3 * batch * heads * queries * length * K;
+  parallel_for(pool, batch * heads, cost, [=](int64_t item) {
     const int64_t b = item / heads, h = item % heads;
     const int64_t qo = b * queries * row + h * K, ko = b * length * row + h * K;
     backward_head<K>({q + qo, row}, {k + ko, row}, {v + ko, row}, positions + b * queries,
