@@ -36,8 +36,9 @@ typedef float f32x16 __attribute__((vector_size(64)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 
 constexpr int kTileQueries = 8;  // queries per tile: 8 rows x (K / 16) vector accumulators
-constexpr int kBlockKeys = 32;   // keys per online-softmax step
-constexpr int kBlockVectors = kBlockKeys / 16;
+// Keys per online-softmax step, KB (a template parameter): 16 for sequences of up to
+// kShortKeys keys, where finer causal skipping pays most, else 32 (less bookkeeping per key).
+constexpr int64_t kShortKeys = 128;
 constexpr float kMasked = -1e30f;
 
 inline f32x16 splat(float x) { return f32x16{} + x; }
@@ -138,24 +139,25 @@ void pack_rows(Rows x, int64_t length, int64_t padded, float* out_PxK) {
 }
 
 // scores[i][u] = q_i . key(n0 + 16u + lane), from keys packed [K][padded].
-template <int K, typename Query>
+template <int K, int KB, typename Query>
 inline void tile_products(const Query& a, const float* keys_KxP, int64_t padded, int64_t n0,
-                          f32x16 (&scores)[kTileQueries][kBlockVectors]) {
+                          f32x16 (&scores)[kTileQueries][KB / 16]) {
   for (int i = 0; i < kTileQueries; ++i)
-    for (int u = 0; u < kBlockVectors; ++u) scores[i][u] = splat(0.f);
+    for (int u = 0; u < KB / 16; ++u) scores[i][u] = splat(0.f);
   for (int c = 0; c < K; ++c) {
-    f32x16 key[kBlockVectors];
-    for (int u = 0; u < kBlockVectors; ++u) key[u] = load(keys_KxP + c * padded + n0 + 16 * u);
+    f32x16 key[KB / 16];
+    for (int u = 0; u < KB / 16; ++u) key[u] = load(keys_KxP + c * padded + n0 + 16 * u);
     for (int i = 0; i < kTileQueries; ++i)
-      for (int u = 0; u < kBlockVectors; ++u) scores[i][u] += a[i][c] * key[u];
+      for (int u = 0; u < KB / 16; ++u) scores[i][u] += a[i][c] * key[u];
   }
 }
 
-// Largest query position of a head's queries, and the key count padded to whole blocks.
+// The key count a head's queries reach (their largest position + 1), padded to whole blocks.
+template <int KB>
 inline int64_t padded_keys(const int32_t* positions, int64_t queries) {
   int64_t last = 0;
   for (int64_t s = 0; s < queries; ++s) last = std::max<int64_t>(last, positions[s]);
-  return (last / kBlockKeys + 1) * kBlockKeys;
+  return (last / KB + 1) * KB;
 }
 
 struct HeadBuffers {  // per-thread scratch, reused across calls
@@ -163,12 +165,12 @@ struct HeadBuffers {  // per-thread scratch, reused across calls
   void reserve(size_t n) { for (auto* v : {&a, &b, &c, &d, &e}) if (v->size() < n) v->resize(n); }
 };
 
-template <int K>
+template <int K, int KB>
 void forward_head(Rows q, Rows k, Rows v, const int32_t* positions, float* out, float* lse,
                   int64_t out_stride, int64_t lse_stride, int64_t queries, int64_t length,
                   HeadBuffers& scratch) {
   constexpr int V = K / 16;
-  const int64_t padded = padded_keys(positions, queries);
+  const int64_t padded = padded_keys<KB>(positions, queries);
   scratch.reserve(padded * K);
   float* keys_KxP = scratch.a.data();
   float* values_PxK = scratch.b.data();
@@ -184,14 +186,14 @@ void forward_head(Rows q, Rows k, Rows v, const int32_t* positions, float* out, 
       running_max[i] = kMasked;
       total[i] = 0.f;
     }
-    for (int64_t n0 = 0; n0 <= tile.max_position; n0 += kBlockKeys) {
-      f32x16 scores[kTileQueries][kBlockVectors];
-      tile_products<K>(tile.q, keys_KxP, padded, n0, scores);
-      const bool all_visible = n0 + kBlockKeys - 1 <= tile.min_position;
-      alignas(64) float probs[kTileQueries][kBlockKeys];
+    for (int64_t n0 = 0; n0 <= tile.max_position; n0 += KB) {
+      f32x16 scores[kTileQueries][KB / 16];
+      tile_products<K, KB>(tile.q, keys_KxP, padded, n0, scores);
+      const bool all_visible = n0 + KB - 1 <= tile.min_position;
+      alignas(64) float probs[kTileQueries][KB];
       for (int i = 0; i < kTileQueries; ++i) {
         f32x16 block_max = splat(kMasked);
-        for (int u = 0; u < kBlockVectors; ++u) {
+        for (int u = 0; u < KB / 16; ++u) {
           if (!all_visible) {
             const i32x16 visible = key_indices(n0 + 16 * u) <= splat(tile.position[i]);
             scores[i][u] = visible ? scores[i][u] : splat(kMasked);
@@ -202,7 +204,7 @@ void forward_head(Rows q, Rows k, Rows v, const int32_t* positions, float* out, 
         const float rescale = std::exp(running_max[i] - new_max);
         running_max[i] = new_max;
         f32x16 sum = splat(0.f);
-        for (int u = 0; u < kBlockVectors; ++u) {
+        for (int u = 0; u < KB / 16; ++u) {
           const f32x16 p = exp_nonpositive(scores[i][u] - new_max);
           sum += p;
           store(probs[i] + 16 * u, p);
@@ -210,7 +212,7 @@ void forward_head(Rows q, Rows k, Rows v, const int32_t* positions, float* out, 
         total[i] = total[i] * rescale + reduce_sum(sum);
         for (int w = 0; w < V; ++w) acc[i][w] *= rescale;
       }
-      for (int j = 0; j < kBlockKeys; ++j) {
+      for (int j = 0; j < KB; ++j) {
         const float* value = values_PxK + (n0 + j) * K;
         f32x16 val[V];
         for (int w = 0; w < V; ++w) val[w] = load(value + 16 * w);
@@ -226,13 +228,13 @@ void forward_head(Rows q, Rows k, Rows v, const int32_t* positions, float* out, 
   }
 }
 
-template <int K>
+template <int K, int KB>
 void backward_head(Rows q, Rows k, Rows v, const int32_t* positions, Rows out, Rows dout,
                    const float* lse, int64_t lse_stride, float* dq, float* dk, float* dv,
                    int64_t q_stride, int64_t k_stride, int64_t queries, int64_t length,
                    HeadBuffers& scratch) {
   constexpr int V = K / 16;
-  const int64_t padded = padded_keys(positions, queries);
+  const int64_t padded = padded_keys<KB>(positions, queries);
   scratch.reserve(padded * K);
   float* keys_KxP = scratch.a.data();
   float* values_KxP = scratch.b.data();
@@ -262,14 +264,14 @@ void backward_head(Rows q, Rows k, Rows v, const int32_t* positions, Rows out, R
     f32x16 dq_acc[kTileQueries][V];
     for (int i = 0; i < kTileQueries; ++i)
       for (int w = 0; w < V; ++w) dq_acc[i][w] = splat(0.f);
-    for (int64_t n0 = 0; n0 <= tile.max_position; n0 += kBlockKeys) {
-      f32x16 scores[kTileQueries][kBlockVectors], d_probs[kTileQueries][kBlockVectors];
-      tile_products<K>(tile.q, keys_KxP, padded, n0, scores);
-      tile_products<K>(d_out, values_KxP, padded, n0, d_probs);
-      const bool all_visible = n0 + kBlockKeys - 1 <= tile.min_position;
-      alignas(64) float probs[kTileQueries][kBlockKeys], d_scores[kTileQueries][kBlockKeys];
+    for (int64_t n0 = 0; n0 <= tile.max_position; n0 += KB) {
+      f32x16 scores[kTileQueries][KB / 16], d_probs[kTileQueries][KB / 16];
+      tile_products<K, KB>(tile.q, keys_KxP, padded, n0, scores);
+      tile_products<K, KB>(d_out, values_KxP, padded, n0, d_probs);
+      const bool all_visible = n0 + KB - 1 <= tile.min_position;
+      alignas(64) float probs[kTileQueries][KB], d_scores[kTileQueries][KB];
       for (int i = 0; i < kTileQueries; ++i) {
-        for (int u = 0; u < kBlockVectors; ++u) {
+        for (int u = 0; u < KB / 16; ++u) {
           f32x16 x = scores[i][u] - row_lse[i];
           if (!all_visible) {
             const i32x16 visible = key_indices(n0 + 16 * u) <= splat(tile.position[i]);
@@ -280,7 +282,7 @@ void backward_head(Rows q, Rows k, Rows v, const int32_t* positions, Rows out, R
           store(d_scores[i] + 16 * u, p * (d_probs[i][u] - row_dot[i]));
         }
       }
-      for (int j = 0; j < kBlockKeys; ++j) {
+      for (int j = 0; j < KB; ++j) {
         const int64_t n = n0 + j;
         f32x16 key[V], dk_sum[V], dv_sum[V];
         for (int w = 0; w < V; ++w) {
@@ -356,7 +358,7 @@ void parallel_for(ffi::ThreadPool& pool, int64_t total, int64_t cost, Work work)
 
 thread_local HeadBuffers tls_scratch;
 
-template <int K>
+template <int K, int KB>
 void forward(ffi::ThreadPool& pool, const float* q, const float* k, const float* v,
              const int32_t* positions, float* out, float* lse, int64_t batch, int64_t queries,
              int64_t heads, int64_t length) {
@@ -365,13 +367,13 @@ void forward(ffi::ThreadPool& pool, const float* q, const float* k, const float*
   parallel_for(pool, batch * heads, cost, [=](int64_t item) {
     const int64_t b = item / heads, h = item % heads;
     const int64_t qo = b * queries * row + h * K, ko = b * length * row + h * K;
-    forward_head<K>({q + qo, row}, {k + ko, row}, {v + ko, row}, positions + b * queries,
+    forward_head<K, KB>({q + qo, row}, {k + ko, row}, {v + ko, row}, positions + b * queries,
                     out + qo, lse + b * queries * heads + h, row, heads, queries, length,
                     tls_scratch);
   });
 }
 
-template <int K>
+template <int K, int KB>
 void backward(ffi::ThreadPool& pool, const float* q, const float* k, const float* v,
               const int32_t* positions, const float* out, const float* lse, const float* dout,
               float* dq, float* dk, float* dv, int64_t batch, int64_t queries, int64_t heads,
@@ -381,20 +383,25 @@ void backward(ffi::ThreadPool& pool, const float* q, const float* k, const float
   parallel_for(pool, batch * heads, cost, [=](int64_t item) {
     const int64_t b = item / heads, h = item % heads;
     const int64_t qo = b * queries * row + h * K, ko = b * length * row + h * K;
-    backward_head<K>({q + qo, row}, {k + ko, row}, {v + ko, row}, positions + b * queries,
+    backward_head<K, KB>({q + qo, row}, {k + ko, row}, {v + ko, row}, positions + b * queries,
                      {out + qo, row}, {dout + qo, row}, lse + b * queries * heads + h, heads,
                      dq + qo, dk + ko, dv + ko, row, row, queries, length, tls_scratch);
   });
 }
 
-// Calls f.template operator()<K>() for the supported head dims.
+// Calls f.template operator()<K, KB>() for the supported head dims K and the key block KB.
 template <typename F>
-ffi::Error with_head_dim(int64_t head_dim, F f) {
+ffi::Error with_sizes(int64_t head_dim, int64_t keys, F f) {
+  const bool short_keys = keys <= kShortKeys;
+  auto blocks = [&]<int K>() {
+    if (short_keys) f.template operator()<K, 16>();
+    else f.template operator()<K, 32>();
+  };
   switch (head_dim) {
-    case 16: f.template operator()<16>(); break;
-    case 32: f.template operator()<32>(); break;
-    case 64: f.template operator()<64>(); break;
-    case 128: f.template operator()<128>(); break;
+    case 16: blocks.template operator()<16>(); break;
+    case 32: blocks.template operator()<32>(); break;
+    case 64: blocks.template operator()<64>(); break;
+    case 128: blocks.template operator()<128>(); break;
     default: return ffi::Error::InvalidArgument("head dim must be 16, 32, 64 or 128");
   }
   return ffi::Error::Success();
@@ -421,8 +428,8 @@ struct Shape {
 ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 q, F32 k, F32 v, S32 positions,
                        ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
   const Shape shape(q, k);
-  return with_head_dim(shape.head_dim, [&]<int K>() {
-    forward<K>(pool, q.typed_data(), k.typed_data(), v.typed_data(), positions.typed_data(),
+  return with_sizes(shape.head_dim, shape.length, [&]<int K, int KB>() {
+    forward<K, KB>(pool, q.typed_data(), k.typed_data(), v.typed_data(), positions.typed_data(),
                out->typed_data(), lse->typed_data(), shape.batch, shape.queries, shape.heads,
                shape.length);
   });
@@ -432,8 +439,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 q, F32 k, F32 v, S32 positions
                         F32 lse, F32 dout, ffi::ResultBuffer<ffi::F32> dq,
                         ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv) {
   const Shape shape(q, k);
-  return with_head_dim(shape.head_dim, [&]<int K>() {
-    backward<K>(pool, q.typed_data(), k.typed_data(), v.typed_data(), positions.typed_data(),
+  return with_sizes(shape.head_dim, shape.length, [&]<int K, int KB>() {
+    backward<K, KB>(pool, q.typed_data(), k.typed_data(), v.typed_data(), positions.typed_data(),
                 out.typed_data(), lse.typed_data(), dout.typed_data(), dq->typed_data(),
                 dk->typed_data(), dv->typed_data(), shape.batch, shape.queries, shape.heads,
                 shape.length);
