@@ -177,8 +177,10 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
     """The core on the compute set gathered into [B, size]; only active tokens keep results.
     Layer 1 reads every token's keys/values from the cache, current on entry."""
     idx_BxS = _indices(compute_BxL, size)
-    pos_BxS = jnp.minimum(idx_BxS, length - 1)
-    rot_BxS = layers.rotary_at(rotary_L, pos_BxS)
+    rot_BxS = layers.rotary_at(rotary_L, jnp.minimum(idx_BxS, length - 1))
+    # Empty slots (after each row's tokens; results dropped) read key 0 only, so the attention
+    # kernel's tiles of them stop at the first key block.
+    pos_BxS = jnp.where(idx_BxS < length, idx_BxS, 0)
     h_BxSxD, h0_BxSxD = _gather(h_BxLxD, idx_BxS), _gather(h0_BxLxD, idx_BxS)
     x_BxSxD = x0_BxSxD = net.core_input(params['model'], h_BxSxD, h0_BxSxD, t)
     blocks = net.core_blocks(params['model'], t)

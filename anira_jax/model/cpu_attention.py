@@ -14,7 +14,8 @@ Without a compiler, or with `ANIRA_JAX_CPU_KERNELS=0`, `layers` uses its plain J
 same function to float rounding (tests/test_cpu_attention.py).
 
 Used only where it is correct and pays: the CPU backend with one device (a sharded program would
-have to gather the custom call's operands), float32, head dims 16/32/64/128.
+have to gather the custom call's operands), float32, head dims 16/32/64/128, at least 8 queries
+a row.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from absl import logging
 
 ENABLE_ENV = 'ANIRA_JAX_CPU_KERNELS'  # '0' turns the kernel off
 HEAD_DIMS = (16, 32, 64, 128)
+MIN_QUERIES = 8  # the kernel's query tile
 SOURCE = pathlib.Path(__file__).with_name('cpu_attention.cc')
 _FLAGS = ('-O3', '-march=native', '-std=c++20', '-shared', '-fPIC', '-fno-math-errno')
 _FORWARD, _BACKWARD = 'anira_attention_forward', 'anira_attention_backward'
@@ -112,10 +114,14 @@ def _loaded() -> bool:
 
 
 def supports(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
-  """Whether attention of these operands runs in the kernel (decided when tracing)."""
+  """Whether attention of these operands runs in the kernel (decided when tracing).
+
+  Not for fewer than MIN_QUERIES queries a row (decoding's one): the kernel packs every key of
+  a head before its first tile, which only pays when several queries read them.
+  """
   return (jax.default_backend() == 'cpu' and jax.device_count() == 1
           and all(x.dtype == jnp.float32 for x in (q, k, v))
-          and q.shape[-1] in HEAD_DIMS and _loaded())
+          and q.shape[-1] in HEAD_DIMS and q.shape[-3] >= MIN_QUERIES and _loaded())
 
 
 def forward(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS):
