@@ -116,11 +116,11 @@ def test_model_logits_and_gradients_equal_plain_jax(kernel, monkeypatch):
     grads, _ = jax.jit(fn)(*args)
     return loop, compacted.logits_BxLxV, grads
 
-  fn, args = _gradients_with('online')
+  fn, args = _gradients_with('online', sizes=(12, 16))
   assert 'anira_attention_forward' in str(jax.make_jaxpr(fn)(*args))
   with_kernel = run()
   monkeypatch.setattr(cpu_attention, 'supports', lambda *_: False)
-  fn, args = _gradients_with('online')
+  fn, args = _gradients_with('online', sizes=(12, 16))
   assert 'anira_attention_forward' not in str(jax.make_jaxpr(fn)(*args))
   plain = run()
   valid = np.asarray(tokens != 0)

@@ -195,14 +195,15 @@ def test_accumulated_gradients_equal_the_whole_batch(decider):
                                err_msg=name)
 
 
-def _gradients_with(decider, **model):
-  """(gradients function, its arguments) for a small model with `model` overrides."""
+def _gradients_with(decider, sizes=(1, 2, 3, 4), **model):
+  """(gradients function, its arguments) for a small model with `model` overrides, on a batch
+  of parity strings of `sizes`."""
   config = small_config(steps=10, warmup_steps=2)
   config.decider.name = decider
   config.model.update(model)
   task, anira = loop.build(config)
   params = anira.init(jax.random.key(0))
-  batch = loop.evaluation.device_batch(loop.tasks.Stream(task, (1, 2, 3, 4), 16, seed=0).batch(0))
+  batch = loop.evaluation.device_batch(loop.tasks.Stream(task, sizes, 16, seed=0).batch(0))
   return functools.partial(step_lib.gradients, anira=anira), (params, batch, jax.random.key(1))
 
 
