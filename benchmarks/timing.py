@@ -1,5 +1,5 @@
-"""What the benchmarks share: host memory set-up, medians of repeated calls after a warm-up, and
-the JSON output."""
+"""What the benchmarks share: host memory set-up, medians of repeated calls after a warm-up,
+interleaved timing of alternatives, and the JSON output."""
 
 import json
 import pathlib
@@ -33,6 +33,20 @@ def median_seconds(fn, repeats: int) -> float:
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return float(np.median(times))
+
+
+def interleaved(steps: dict, repeats: int) -> dict[str, list[float]]:
+  """Wall seconds of each function (which must wait for its result), called in turn `repeats`
+  times after one warm-up each: a load that changes during the run hits all alike."""
+  for fn in steps.values():
+    fn()
+  times = {name: [] for name in steps}
+  for _ in range(repeats):
+    for name, fn in steps.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return times
 
 
 def write_results(results: dict, path: str) -> None:

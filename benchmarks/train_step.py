@@ -211,19 +211,6 @@ def jax_trainer(model: ModelConfig, data: dict):
   return step, params
 
 
-def interleaved(steps: dict, repeats: int) -> dict[str, list[float]]:
-  """Wall seconds of each step function, called in turn `repeats` times after one warm-up each."""
-  for fn in steps.values():
-    fn()
-  times = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, fn in steps.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  return times
-
-
 def main(argv):
   del argv
   host_memory_mode = timing.set_up_host_memory()
@@ -270,7 +257,7 @@ def main(argv):
   print('first step loss / grad norm: ' + ', '.join(
       f'{name} {loss:.6f} / {norm:.6f}' for name, (loss, norm) in first.items()))
 
-  times = interleaved({'jax': jax_step, **torch_steps}, repeats)
+  times = timing.interleaved({'jax': jax_step, **torch_steps}, repeats)
   tokens_per_step = batch * length
   results = {
       'jax': jax.__version__, 'torch': torch.__version__, 'torch_default_threads': default_threads,

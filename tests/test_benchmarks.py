@@ -52,3 +52,19 @@ def test_quick_train_step_benchmark_compares_the_same_model(tmp_path):
     assert loss == pytest.approx(jax_loss, rel=1e-5), name
     assert grad_norm == pytest.approx(jax_grad_norm, rel=1e-5), name
   assert results['jax_over_torch_time'] > 0
+
+
+@pytest.mark.slow
+def test_quick_attention_benchmark_compares_equal_functions(tmp_path):
+  from anira_jax.model import cpu_attention
+  if cpu_attention._compiler() is None:
+    pytest.skip('no C++ compiler: no kernel to compare')
+  out = tmp_path / 'attention.json'
+  result = subprocess.run([sys.executable, '-m', 'benchmarks.attention', '--quick', f'--out={out}'],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [r['case'].split()[0] for r in rows] == ['causal', 'causal', 'gathered']
+  for row in rows:
+    assert row['max_abs_difference'] < 1e-4, row['case']
+    assert row['plain_ms'] > 0 and row['kernel_ms'] > 0, row['case']
