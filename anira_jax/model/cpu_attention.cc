@@ -66,9 +66,11 @@ inline float reduce_sum(f32x16 x) {
 }
 
 // e^x for x <= 0 (softmax arguments): Cody-Waite reduction to r in [-ln2/2, ln2/2] and a
-// degree-6 polynomial (Cephes expf's coefficients), relative error ~2e-7; underflows to ~0.
+// degree-6 polynomial (Cephes expf's coefficients), relative error ~2e-7; exactly 0 below -87
+// (where expf leaves the normal range), so masked scores (kMasked) weigh nothing.
 inline f32x16 exp_nonpositive(f32x16 x) {
-  x = x < splat(-87.f) ? splat(-87.f) : x;
+  const i32x16 underflow = x < splat(-87.f);
+  x = underflow ? splat(-87.f) : x;
   const f32x16 n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln 2)
   const f32x16 r = x - n * 0.693145751953125f - n * 1.428606765330187045e-06f;
   f32x16 p = splat(1.9875691500e-4f);
@@ -81,7 +83,7 @@ inline f32x16 exp_nonpositive(f32x16 x) {
   const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;  // 2^n
   f32x16 scale;
   std::memcpy(&scale, &bits, 64);
-  return p * scale;
+  return underflow ? splat(0.f) : p * scale;
 }
 
 // Key indices n0 .. n0 + 15 as floats, for the causal comparison with a query's position.
