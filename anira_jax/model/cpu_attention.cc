@@ -124,12 +124,22 @@ struct QueryTile {
 };
 
 // Keys 0 .. padded-1 of one head packed for the tiles: transposed [K][padded] (the score
-// products read 16 consecutive keys per vector) and, when asked, row-major [padded][K];
-// positions past `length` are zeros.
+// products read 16 consecutive keys per vector) or row-major [padded][K]; positions past
+// `length` are zeros.
 template <int K>
 void pack_transposed(Rows x, int64_t length, int64_t padded, float* out_KxP) {
-  for (int64_t n = 0; n < padded; ++n)
-    for (int c = 0; c < K; ++c) out_KxP[c * padded + n] = n < length ? x.row(n)[c] : 0.f;
+  for (int64_t n0 = 0; n0 < padded; n0 += 16) {  // 16 keys at a time: whole-vector stores
+    float rows[16][K];
+    for (int j = 0; j < 16; ++j) {
+      if (n0 + j < length) std::memcpy(rows[j], x.row(n0 + j), K * sizeof(float));
+      else std::memset(rows[j], 0, K * sizeof(float));
+    }
+    for (int c = 0; c < K; ++c) {
+      f32x16 column;
+      for (int j = 0; j < 16; ++j) column[j] = rows[j][c];
+      store(out_KxP + c * padded + n0, column);
+    }
+  }
 }
 
 template <int K>
@@ -175,9 +185,8 @@ void forward_head(Rows q, Rows k, Rows v, const int32_t* positions, float* out, 
   const int64_t padded = padded_keys<KB>(positions, queries);
   scratch.reserve(padded * K);
   float* keys_KxP = scratch.a.data();
-  float* values_PxK = scratch.b.data();
   pack_transposed<K>(k, length, padded, keys_KxP);
-  pack_rows<K>(v, length, padded, values_PxK);
+  alignas(64) static constexpr float kZeroRow[K] = {};  // values of keys past the sequence
 
   for (int64_t start = 0; start < queries; start += kTileQueries) {
     const QueryTile<K> tile(q, positions, start, queries);
@@ -214,8 +223,8 @@ void forward_head(Rows q, Rows k, Rows v, const int32_t* positions, float* out, 
         total[i] = total[i] * rescale + reduce_sum(sum);
         for (int w = 0; w < V; ++w) acc[i][w] *= rescale;
       }
-      for (int j = 0; j < KB; ++j) {
-        const float* value = values_PxK + (n0 + j) * K;
+      for (int j = 0; j < KB; ++j) {  // values read in place: each key's row is contiguous
+        const float* value = n0 + j < length ? v.row(n0 + j) : kZeroRow;
         f32x16 val[V];
         for (int w = 0; w < V; ++w) val[w] = load(value + 16 * w);
         for (int i = 0; i < kTileQueries; ++i)
