@@ -21,7 +21,9 @@ One run prints, and writes as JSON to --out (default benchmarks/inference.json):
    token's own depth 1..D.
 3. Training tokens/s of the jitted train step (forward + backward + AdamW) per decider.
 The process's peak resident memory (ru_maxrss) is printed at the end. Nothing here is asserted;
-timings are medians of --repeats calls after one warm-up (compilation) call.
+timings are medians of --repeats calls after one warm-up (compilation) call, and in table 1 the
+three methods are called in turn (fixed, masked, compacted, fixed, ...), so a load that changes
+during the run hits all three alike and their ratios stay fair.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ def _models(model: ModelConfig, max_depth: int):
   return oracle, fixed
 
 
+def _waited(fn, *args):
+  return jax.block_until_ready(fn(*args))
+
+
 def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction, tokens_per_batch):
   """Rows of recurrence and whole-model throughput per (length, distribution).
 
@@ -132,7 +138,6 @@ def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction,
     valid = tokens != 0
     h0 = embed(params['model'], tokens)
     io_seconds = timing.median_seconds(lambda: embed_and_readout(params['model'], tokens), repeats)
-    fixed_seconds = None
     memory = {}
     for dist in dists:
       depth_BxL = depths(dist, (batch, length), model.max_depth, rng)
@@ -141,19 +146,18 @@ def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction,
       row = {'length': length, 'batch': batch, 'dist': dist,
              'mean_depth': float(depth_BxL.mean()), 'ideal_speedup': float(ideal),
              'embed_readout_seconds': io_seconds}
+      args = {method: (fixed_params if method == 'fixed' else params, h0, complexity, valid)
+              for method in METHODS}
+      calls = {method: functools.partial(_waited, run[method], *args[method])
+               for method in METHODS}
+      seconds = {method: float(np.median(times))
+                 for method, times in timing.interleaved(calls, repeats).items()}
       for method in METHODS:
-        if method == 'fixed' and fixed_seconds is not None:
-          seconds = fixed_seconds  # independent of the distribution
-        else:
-          args = (fixed_params if method == 'fixed' else params, h0, complexity, valid)
-          seconds = timing.median_seconds(functools.partial(run[method], *args), repeats)
-          if method not in memory:
-            memory[method] = _planned_bytes(run[method], *args)
-          if method == 'fixed':
-            fixed_seconds = seconds
-        row[f'{method}_recurrence_seconds'] = seconds
-        row[f'{method}_speedup'] = fixed_seconds / seconds
-        row[f'{method}_tokens_per_s'] = batch * length / (seconds + io_seconds)
+        if method not in memory:
+          memory[method] = _planned_bytes(run[method], *args[method])
+        row[f'{method}_recurrence_seconds'] = seconds[method]
+        row[f'{method}_speedup'] = seconds['fixed'] / seconds[method]
+        row[f'{method}_tokens_per_s'] = batch * length / (seconds[method] + io_seconds)
         row[f'{method}_planned_mb'] = (memory[method] / 2**20
                                        if memory.get(method) is not None else None)
       trajectory, work = run['compacted'](params, h0, complexity, valid)
