@@ -39,7 +39,8 @@ trip per iteration and one compilation per (batch, length) shape, as two `lax.wh
 Nothing recompiles across batches of one shape whatever the active counts (tested).
 
 Buffers hold one row's tokens (S = the batch-wide maximum over rows, so rows whose counts
-differ waste slots); queries attend over all L cached keys of their row.
+differ waste slots); queries attend over their row's cached keys up to their own position (the
+CPU attention kernel skips the later keys; plain JAX scores all L and masks them).
 
 Padding (token id 0) never runs (its state stays h0, its depth 0) and is not gathered; it must
 trail the real tokens (every task here right-pads), and padding positions' logits and depths

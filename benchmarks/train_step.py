@@ -27,7 +27,6 @@ import math
 import os
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp

@@ -1,5 +1,6 @@
-"""The performance benchmark's documented command runs end to end (small, `--quick`) and its
-JSON holds every table, with compacted inference equal to the masked loop it is timed against.
+"""The benchmarks' documented commands run end to end (small, `--quick`): the inference JSON
+holds every table, with compacted inference equal to the masked loop it is timed against; the
+train step's torch model is the same model; the attention benchmark times equal functions.
 Figures are not checked: speed is the benchmark's to report, not a test's to assert."""
 
 import json
@@ -8,6 +9,8 @@ import sys
 
 import pytest
 from test_train import REPO
+
+from anira_jax.model import cpu_attention
 
 
 @pytest.mark.slow
@@ -56,7 +59,6 @@ def test_quick_train_step_benchmark_compares_the_same_model(tmp_path):
 
 @pytest.mark.slow
 def test_quick_attention_benchmark_compares_equal_functions(tmp_path):
-  from anira_jax.model import cpu_attention
   if cpu_attention._compiler() is None:
     pytest.skip('no C++ compiler: no kernel to compare')
   out = tmp_path / 'attention.json'
