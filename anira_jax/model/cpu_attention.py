@@ -101,8 +101,8 @@ def _loaded() -> bool:
       library = ctypes.cdll.LoadLibrary(str(build(compiler)))
     except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
       logging.warning('The fused CPU attention kernel is unavailable, so attention runs as '
-                      'plain JAX ops (same results, slower on CPU): %s. Set %s=0 to skip this '
-                      'attempt.', error, ENABLE_ENV)
+                      'plain JAX ops (the same function, slower on CPU): %s. Set %s=0 to skip '
+                      'this attempt.', error, ENABLE_ENV)
       return False
     for name, handler in ((_FORWARD, library.AniraAttentionForward),
                           (_BACKWARD, library.AniraAttentionBackward)):
