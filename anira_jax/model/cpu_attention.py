@@ -8,10 +8,11 @@ inside jitted programs like any other op.
 
 Why compiled here rather than at install: the project installs with pip alone on machines
 without a compiler. The first process that needs the kernel compiles it with the system's C++
-compiler (`$CXX`, else `c++`/`g++`/`clang++`; a few seconds) for this CPU (`-march=native`) into
-a per-user cache keyed by the source, compiler, flags, jaxlib and CPU; later processes load it.
-Without a compiler, or with `ANIRA_JAX_CPU_KERNELS=0`, `layers` uses its plain JAX attention: the
-same function to float rounding (tests/test_cpu_attention.py).
+compiler (`$CXX`, else `c++`/`g++`/`clang++`: C++20 with GCC's vector extensions, so GCC >= 12
+or Clang; 10-25 s) for this CPU (`-march=native`) into a per-user cache keyed by the source,
+compiler, flags, jaxlib and CPU; later processes load it. Without a compiler, if it fails, or
+with `ANIRA_JAX_CPU_KERNELS=0`, `layers` uses its plain JAX attention: the same function to float
+rounding (tests/test_cpu_attention.py).
 
 Used only where it is correct and pays: the CPU backend with one device (a sharded program would
 have to gather the custom call's operands), float32, head dims 16/32/64/128, at least 8 queries
