@@ -3,6 +3,7 @@ dims, lengths that are not multiples of its tiles, gathered and unsorted query p
 whole model's logits and gradients; and the fall-back when the kernel cannot be built."""
 
 import logging
+import os
 
 import chex
 import jax
@@ -24,7 +25,7 @@ def kernel():
   if cpu_attention._compiler() is None:
     pytest.skip('no C++ compiler: attention runs as plain JAX here')
   if not cpu_attention._loaded():
-    assert cpu_attention.os.environ.get(cpu_attention.ENABLE_ENV) == '0', (
+    assert os.environ.get(cpu_attention.ENABLE_ENV) == '0', (
         'a C++ compiler is present but the kernel did not build: see the logged warning')
     pytest.skip(f'{cpu_attention.ENABLE_ENV}=0')
 
