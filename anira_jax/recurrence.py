@@ -60,10 +60,10 @@ def _finish(decider, params, h_BxLxD, state, depth_BxL, t_end, states_TxBxLxD):
 
 # What the training unroll keeps from each iteration's forward pass for the backward pass: the
 # outputs of the weight matmuls (q/k/v, output projection, MLP in and out, decision heads) and
-# attention's output and row log-sum-exp (small: [B, H, L, K] and [B, H, L]; its custom
-# backward pass, `layers.causal_attention`'s, recomputes the probabilities from them), not the
-# elementwise intermediates around them (norm statistics, RoPE, GELU's tanh terms, the
-# freezing mask). Without a policy `lax.scan` stacks every intermediate of every
+# attention's output and row log-sum-exp (small: [B, L, H, K] and [B, L, H], in either
+# layout; `layers.causal_attention`'s own backward passes recompute the probabilities from
+# them), not the elementwise intermediates around them (norm statistics, RoPE, GELU's tanh
+# terms, the freezing mask). Without a policy `lax.scan` stacks every intermediate of every
 # iteration into [T, ...] buffers; on XLA:CPU that stacking (zero-filled, freshly page-faulted
 # memory, written then read back each step) was much of why the backward pass cost ~5x the
 # forward; this policy cut the whole train step by ~25% (benchmarks/train_step.py). On

@@ -99,10 +99,6 @@ def _models(model: ModelConfig, max_depth: int):
   return oracle, fixed
 
 
-def _waited(fn, *args):
-  return jax.block_until_ready(fn(*args))
-
-
 def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction, tokens_per_batch):
   """Rows of recurrence and whole-model throughput per (length, distribution).
 
@@ -148,7 +144,7 @@ def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction,
              'embed_readout_seconds': io_seconds}
       args = {method: (fixed_params if method == 'fixed' else params, h0, complexity, valid)
               for method in METHODS}
-      calls = {method: functools.partial(_waited, run[method], *args[method])
+      calls = {method: functools.partial(run[method], *args[method])
                for method in METHODS}
       seconds = {method: float(np.median(times))
                  for method, times in timing.interleaved(calls, repeats).items()}

@@ -36,15 +36,15 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def interleaved(steps: dict, repeats: int) -> dict[str, list[float]]:
-  """Wall seconds of each function (which must wait for its result), called in turn `repeats`
-  times after one warm-up each: a load that changes during the run hits all alike."""
+  """Wall seconds of each `fn()` (waited on), called in turn `repeats` times after one warm-up
+  each: a load that changes during the run hits all alike."""
   for fn in steps.values():
-    fn()
+    jax.block_until_ready(fn())
   times = {name: [] for name in steps}
   for _ in range(repeats):
     for name, fn in steps.items():
       start = time.perf_counter()
-      fn()
+      jax.block_until_ready(fn())
       times[name].append(time.perf_counter() - start)
   return times
 

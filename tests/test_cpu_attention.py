@@ -38,11 +38,6 @@ def _qkv(seed, batch, queries, keys, heads, head_dim):
           jax.random.normal(kv, shape(keys)))
 
 
-def _plain_attend(q, k, v, q_positions_BxS):
-  mask_BxSxN = jnp.arange(k.shape[1])[None, None, :] <= q_positions_BxS[:, :, None]
-  return layers.attention(q, k, v, mask_BxSxN)
-
-
 def _values_and_grads(fn, q, k, v, *args):
   weights = jax.random.normal(jax.random.key(99), q.shape)
   loss = lambda q, k, v: jnp.sum(weights * fn(q, k, v, *args))
@@ -75,7 +70,7 @@ def test_gathered_queries_equal_plain_jax(kernel, order, keys):
     positions[0, :2] = (0, 1)  # the first key alone, then two keys
   positions = jnp.asarray(positions, jnp.int32)
   out, grads = _values_and_grads(layers.attend, q, k, v, positions)
-  ref, ref_grads = _values_and_grads(_plain_attend, q, k, v, positions)
+  ref, ref_grads = _values_and_grads(layers.plain_attend, q, k, v, positions)
   np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
   for got, want in zip(grads, ref_grads):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)

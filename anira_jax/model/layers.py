@@ -347,6 +347,12 @@ def attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
   """
   if cpu_attention.supports(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK):
     return _fused_attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS)
+  return plain_attend(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS)
+
+
+def plain_attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
+                 q_positions_BxS: jax.Array) -> jax.Array:
+  """`attend` in plain JAX: every query scored against all N keys, the later ones masked."""
   mask_BxSxN = jnp.arange(k_BxNxHxK.shape[1])[None, None, :] <= q_positions_BxS[:, :, None]
   return attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, mask_BxSxN)
 
