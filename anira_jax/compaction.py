@@ -26,21 +26,25 @@ those of its frozen state *at iteration t*; this module reproduces that exactly:
   sequence at the start of each compacted iteration (keys/values only, ~1/6 of a block) and,
   with more than one layer, the whole sequence is recomputed, i.e. the dense path.
 
-Buckets and the dense fall-back. The compute set's size per row is known only on device (for
-online deciders it shrinks as tokens halt), so the recurrence stays on device, with no host round
-trip per iteration and one compilation per (batch, length) shape, as two `lax.while_loop`s:
-- a dense phase, while the largest row's compute set exceeds `dense_fraction` of the length:
+Buckets and the dense fall-back. The compute set's size is known only on device (for online
+deciders it shrinks as tokens halt), so the recurrence stays on device, with no host round trip
+per iteration and one compilation per (batch, length) shape, as `lax.while_loop`s in turn:
+- a dense phase, while the batch's compute set exceeds `dense_fraction` of its B · L tokens:
   the ordinary full-sequence block, no conditionals — a batch in which no token halts costs the
   masked loop plus writing the key/value cache;
-- then (active sets only shrink) a compacted phase whose body picks, with `lax.switch`, among
-  precompiled steps, one per bucket size S: a geometric ladder (growth 1.25, multiples of 8, up
-  to the dense threshold; see `bucket_sizes`), so above ~64 tokens a buffer wastes at most ~1/5
-  of its slots.
+- then (active sets only shrink) one compacted loop per bucket size S, largest first, each
+  running while the compute set fits S but not the next smaller size. The sizes are a geometric
+  ladder (growth 1.25, multiples of 8, up to the dense threshold; see `bucket_sizes`), so above
+  ~64 tokens a buffer wastes at most ~1/5 of its slots. (A single loop whose body picked the
+  step with `lax.switch` copied the caches into and out of the chosen branch every iteration:
+  ~0.5 ms an iteration at L = 512.)
 Nothing recompiles across batches of one shape whatever the active counts (tested).
 
-Buffers hold one row's tokens (S = the batch-wide maximum over rows, so rows whose counts
-differ waste slots); queries attend over their row's cached keys up to their own position (the
-CPU attention kernel skips the later keys; plain JAX scores all L and masks them).
+A buffer holds the compute sets of all rows, row after row in position order, so S covers the
+batch's total: a [B, S] buffer would pad every row to the one with the most tokens left, which
+at L = 512 and mean depth 2 cost ~1/5 more slots. The non-attention work runs on the flat
+buffer; attention (`layers.attend_ragged`) reads each row's queries from it and attends over
+that row's cached keys up to each query's own position (the CPU kernel skips the later keys).
 
 Padding (token id 0) never runs (its state stays h0, its depth 0) and is not gathered; it must
 trail the real tokens (every task here right-pads), and padding positions' logits and depths
@@ -65,7 +69,7 @@ class Work(NamedTuple):
 
   dense_iterations: jax.Array  # iterations run by the dense step
   compacted_iterations: jax.Array  # iterations run on a gathered bucket
-  token_slots: jax.Array  # Σ over iterations of B · buffer size (B · L for a dense iteration)
+  token_slots: jax.Array  # Σ over iterations of the buffer size (B · L for a dense iteration)
   refresh_slots: jax.Array  # Σ of B · L over the dense keys/values-only passes
 
 
@@ -94,35 +98,22 @@ def bucket_sizes(length: int, *, dense_fraction: float = 0.75, min_size: int = 1
   return tuple(sorted(sizes))
 
 
-def _indices(mask_BxL: jax.Array, size: int) -> jax.Array:
-  """Positions of the True entries of each row, in order, padded to `size` with distinct
-  out-of-range positions L, L+1, ... (dropped by scatters, clipped by gathers)."""
-  batch, length = mask_BxL.shape
-  slot_BxL = jnp.where(mask_BxL, jnp.cumsum(mask_BxL, axis=1, dtype=jnp.int32) - 1, size)
-  rows_BxL = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, length))
-  fill_BxS = jnp.broadcast_to(length + jnp.arange(size, dtype=jnp.int32)[None], (batch, size))
-  positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (batch, length))
-  return fill_BxS.at[rows_BxL, slot_BxL].set(positions_BxL, mode='drop')
+def _indices(mask_N: jax.Array, size: int) -> jax.Array:
+  """[size]: the indices of mask's True entries, in order, then distinct out-of-range indices
+  N, N+1, ... (dropped by scatters, clipped by gathers)."""
+  slot_N = jnp.where(mask_N, jnp.cumsum(mask_N, dtype=jnp.int32) - 1, size)
+  fill_S = mask_N.shape[0] + jnp.arange(size, dtype=jnp.int32)
+  return fill_S.at[slot_N].set(jnp.arange(mask_N.shape[0], dtype=jnp.int32), mode='drop')
 
 
-def _gather(x_BxLx, idx_BxS):
-  """x[b, idx[b, s]] with out-of-range positions clipped (their results are never kept)."""
-  idx_BxS = jnp.minimum(idx_BxS, x_BxLx.shape[1] - 1)
-  idx = idx_BxS.reshape(idx_BxS.shape + (1,) * (x_BxLx.ndim - 2))
-  return jnp.take_along_axis(x_BxLx, idx, axis=1)
+def _gather(x_Nx: jax.Array, idx_S: jax.Array) -> jax.Array:
+  """x[idx] with out-of-range indices clipped (their results are never kept)."""
+  return x_Nx[jnp.minimum(idx_S, x_Nx.shape[0] - 1)]
 
 
-def _scatter(x_BxLx, idx_BxS, values_BxSx):
-  """x with x[b, idx[b, s]] = values[b, s]; out-of-range positions are dropped."""
-  rows_BxS = jnp.broadcast_to(jnp.arange(idx_BxS.shape[0])[:, None], idx_BxS.shape)
-  return x_BxLx.at[rows_BxS, idx_BxS].set(values_BxSx.astype(x_BxLx.dtype), mode='drop',
-                                          unique_indices=True)
-
-
-def _switch_index(count: jax.Array, sizes: Sequence[int]) -> jax.Array:
-  """Index of the first size >= count; len(sizes) (the dense branch) if there is none."""
-  # A compare and sum, not jnp.searchsorted: that is a while loop, slow inside the body of one.
-  return jnp.sum(jnp.asarray(sizes, jnp.int32) < count, dtype=jnp.int32)
+def _scatter(x_Nx: jax.Array, idx_S: jax.Array, values_Sx: jax.Array) -> jax.Array:
+  """x with x[idx[s]] = values[s]; out-of-range indices are dropped."""
+  return x_Nx.at[idx_S].set(values_Sx.astype(x_Nx.dtype), mode='drop', unique_indices=True)
 
 
 class _Carry(NamedTuple):
@@ -153,7 +144,7 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
 
   def dense_step(t, active_BxL, h_BxLxD, k_cache, v_cache):
     """The full-sequence core (Block.__call__ in pieces), caching the keys/values of layers 2..
-    (layer 1's are rewritten by the `refresh` that every switch to compacted steps runs)."""
+    (layer 1's are rewritten by the `refresh` that runs before compacted steps)."""
     x_BxLxD = x0_BxLxD = net.core_input(params['model'], h_BxLxD, h0_BxLxD, t)
     k_cache, v_cache = list(k_cache), list(v_cache)
     for i, block in enumerate(net.core_blocks(params['model'], t)):
@@ -174,40 +165,48 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
     return ((k.astype(cache_dtype),) + tuple(k_cache[1:]),
             (v.astype(cache_dtype),) + tuple(v_cache[1:]))
 
+  tokens = batch * length
+  flat = lambda x_BxLx: x_BxLx.reshape((tokens,) + x_BxLx.shape[2:])  # [B·L, ...]
+
   def compact_step(size, t, compute_BxL, active_BxL, h_BxLxD, k_cache, v_cache):
-    """The core on the compute set gathered into [B, size]; only active tokens keep results.
-    Layer 1 reads every token's keys/values from the cache, current on entry."""
-    idx_BxS = _indices(compute_BxL, size)
-    rot_BxS = layers.rotary_at(rotary_L, jnp.minimum(idx_BxS, length - 1))
-    # Empty slots (after each row's tokens; results dropped) read key 0 only, so the attention
-    # kernel's tiles of them stop at the first key block.
-    pos_BxS = jnp.where(idx_BxS < length, idx_BxS, 0)
-    h_BxSxD, h0_BxSxD = _gather(h_BxLxD, idx_BxS), _gather(h0_BxLxD, idx_BxS)
-    x_BxSxD = x0_BxSxD = net.core_input(params['model'], h_BxSxD, h0_BxSxD, t)
+    """The core on the compute set of every row gathered into one buffer of `size` tokens (row
+    by row, in order); only active tokens keep results. Layer 1 reads every token's
+    keys/values from the cache, current on entry."""
+    idx_T = _indices(flat(compute_BxL), size)  # b·L + position; padding from B·L on
+    real_T = idx_T < tokens
+    # Padding slots read key 0 only, so the attention kernel's tiles of them stop at once.
+    pos_T = jnp.where(real_T, idx_T % length, 0)
+    row_starts_B1 = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                     jnp.cumsum(jnp.sum(compute_BxL, axis=1, dtype=jnp.int32))])
+    rot_1xT = layers.rotary_at(rotary_L, pos_T[None])
+    # The layers take [batch, tokens, ...]: the buffer is one batch row of T tokens.
+    h_1xTxD, h0_1xTxD = _gather(flat(h_BxLxD), idx_T)[None], _gather(flat(h0_BxLxD), idx_T)[None]
+    x_1xTxD = x0_1xTxD = net.core_input(params['model'], h_1xTxD, h0_1xTxD, t)
     blocks = net.core_blocks(params['model'], t)
+    scatter = lambda x_BxLx, idx_T, values_1xTx: _scatter(
+        flat(x_BxLx), idx_T, values_1xTx[0]).reshape(x_BxLx.shape)
     k_cache, v_cache = list(k_cache), list(v_cache)
     for i, block in enumerate(blocks):
       if i == 0:
-        q = layers.queries(cfg, block, x_BxSxD, rot_BxS)
+        q_1xTxHxK = layers.queries(cfg, block, x_1xTxD, rot_1xT)
       else:
-        q, k, v = layers.project(cfg, block, x_BxSxD, rot_BxS)
-        k_cache[i] = _scatter(k_cache[i], idx_BxS, k)
-        v_cache[i] = _scatter(v_cache[i], idx_BxS, v)
-      attn = layers.attend(q, k_cache[i], v_cache[i], pos_BxS)
-      x_BxSxD = layers.update(cfg, block, x_BxSxD, attn)
-    keep_BxS = jnp.where(_gather(active_BxL, idx_BxS) & (idx_BxS < length), idx_BxS,
-                         idx_BxS + length)  # distinct and out of range: dropped
-    h_new_BxSxD = h_BxSxD + (x_BxSxD - x0_BxSxD)
-    h_BxLxD = _scatter(h_BxLxD, keep_BxS, h_new_BxSxD)
+        q_1xTxHxK, k, v = layers.project(cfg, block, x_1xTxD, rot_1xT)
+        k_cache[i], v_cache[i] = scatter(k_cache[i], idx_T, k), scatter(v_cache[i], idx_T, v)
+      attn_TxHxK = layers.attend_ragged(q_1xTxHxK[0], k_cache[i], v_cache[i], pos_T,
+                                        row_starts_B1)
+      x_1xTxD = layers.update(cfg, block, x_1xTxD, attn_TxHxK[None])
+    keep_T = jnp.where(_gather(flat(active_BxL), idx_T) & real_T, idx_T,
+                       idx_T + tokens)  # distinct and out of range: dropped
+    h_new_1xTxD = h_1xTxD + (x_1xTxD - x0_1xTxD)
+    h_BxLxD = scatter(h_BxLxD, keep_T, h_new_1xTxD)
     if not stale_every_iteration:  # the input h + h0 does not depend on t: write it now
-      x_new_BxSxD = net.core_input(params['model'], h_new_BxSxD, h0_BxSxD, t + 1)
-      k, v = layers.keys_values(cfg, blocks[0], x_new_BxSxD, rot_BxS)
-      k_cache[0] = _scatter(k_cache[0], keep_BxS, k)
-      v_cache[0] = _scatter(v_cache[0], keep_BxS, v)
+      x_new_1xTxD = net.core_input(params['model'], h_new_1xTxD, h0_1xTxD, t + 1)
+      k, v = layers.keys_values(cfg, blocks[0], x_new_1xTxD, rot_1xT)
+      k_cache[0], v_cache[0] = scatter(k_cache[0], keep_T, k), scatter(v_cache[0], keep_T, v)
     return h_BxLxD, tuple(k_cache), tuple(v_cache)
 
   def plan(carry: _Carry):
-    """Iteration t = carry.t + 1: who runs, who must be computed, the largest row's count."""
+    """Iteration t = carry.t + 1: who runs, who must be computed, and how many tokens that is."""
     t = carry.t + 1
     active_BxL = (decider.runs(carry.state, jnp.minimum(t, ctx.max_depth)) > 0.5) & valid_BxL
     if cfg.core_layers > 1:
@@ -215,7 +214,7 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
       compute_BxL = active_BxL | (stale_prefix_BxL & valid_BxL)
     else:
       compute_BxL = active_BxL
-    return t, active_BxL, compute_BxL, jnp.max(jnp.sum(compute_BxL, axis=1, dtype=jnp.int32))
+    return t, active_BxL, compute_BxL, jnp.sum(compute_BxL, dtype=jnp.int32)
 
   def advance(carry: _Carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work: Work) -> _Carry:
     """After the core: the decider observes every token's state."""
@@ -233,35 +232,20 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
                       token_slots=w.token_slots + batch * length)
     return advance(carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work)
 
-  def compacted_body(carry: _Carry) -> _Carry:
-    t, active_BxL, compute_BxL, count = plan(carry)
-    main = _switch_index(count, buckets)
-    dense = main == len(buckets)  # (only if the active set grew, which no decider does)
-
-    def dense_then_refresh(h_BxLxD, k_cache, v_cache):
-      h_BxLxD, k_cache, v_cache = dense_step(t, active_BxL, h_BxLxD, k_cache, v_cache)
-      if not stale_every_iteration:
-        k_cache, v_cache = refresh(t + 1, h_BxLxD, k_cache, v_cache)
-      return h_BxLxD, k_cache, v_cache
-
-    def compacted(h_BxLxD, k_cache, v_cache):
+  def compacted_body(size: int):
+    def body(carry: _Carry) -> _Carry:
+      t, active_BxL, compute_BxL, _ = plan(carry)
+      k_cache, v_cache = carry.k_cache, carry.v_cache
       if stale_every_iteration:
-        k_cache, v_cache = refresh(t, h_BxLxD, k_cache, v_cache)
-      steps = [lambda h, k, v, s=s: compact_step(s, t, compute_BxL, active_BxL, h, k, v)
-               for s in buckets]
-      return jax.lax.switch(jnp.minimum(main, len(buckets) - 1), steps, h_BxLxD, k_cache,
-                            v_cache)
-
-    h_BxLxD, k_cache, v_cache = jax.lax.cond(dense, dense_then_refresh, compacted,
-                                             carry.h_BxLxD, carry.k_cache, carry.v_cache)
-    sizes = jnp.asarray((*buckets, length), jnp.int32)
-    refreshed = dense != stale_every_iteration  # a refresh pass ran in either branch
-    w = carry.work
-    work = Work(w.dense_iterations + dense.astype(jnp.int32),
-                w.compacted_iterations + (~dense).astype(jnp.int32),
-                w.token_slots + batch * sizes[main],
-                w.refresh_slots + batch * length * refreshed.astype(jnp.int32))
-    return advance(carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work)
+        k_cache, v_cache = refresh(t, carry.h_BxLxD, k_cache, v_cache)
+      h_BxLxD, k_cache, v_cache = compact_step(size, t, compute_BxL, active_BxL, carry.h_BxLxD,
+                                               k_cache, v_cache)
+      w = carry.work
+      work = w._replace(compacted_iterations=w.compacted_iterations + 1,
+                        token_slots=w.token_slots + size,
+                        refresh_slots=w.refresh_slots + batch * length * stale_every_iteration)
+      return advance(carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work)
+    return body
 
   def more(carry: _Carry):
     next_runs = decider.runs(carry.state, jnp.minimum(carry.t + 1, ctx.max_depth)) > 0.5
@@ -280,13 +264,22 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
   init = _Carry(zero, h0_BxLxD, decider.start(params['decider'], h0_BxLxD, ctx),
                 jnp.zeros((batch, length), jnp.int32), valid_BxL, zeros(), zeros(),
                 Work(zero, zero, zero, zero))
-  # Active sets only shrink, so the iterations split into a dense phase — no conditionals, the
-  # masked loop's cost when no token halts — and a compacted phase.
-  carry = jax.lax.while_loop(more_dense, dense_body, init)
-  if buckets:
+  def phases(carry: _Carry) -> _Carry:
+    """Dense iterations while the compute set is above the largest bucket, then each bucket's
+    compacted iterations, largest first."""
+    carry = jax.lax.while_loop(more_dense, dense_body, carry)
+    if not buckets:
+      return carry
     if not stale_every_iteration:  # the cache holds the last dense iteration's inputs
       carry = jax.lax.cond(more(carry), refresh_carry, lambda c: c, carry)
-    carry = jax.lax.while_loop(more, compacted_body, carry)
+    for smaller, size in reversed(list(zip((0, *buckets[:-1]), buckets))):
+      fits = lambda c, lo=smaller, hi=size: more(c) & (lo < plan(c)[3]) & (plan(c)[3] <= hi)
+      carry = jax.lax.while_loop(fits, compacted_body(size), carry)
+    return carry
+
+  # Active sets only shrink, so one pass of `phases` runs every iteration; a run set that grows
+  # past its bucket again (no decider's does) ends the pass early and the next one picks it up.
+  carry = jax.lax.while_loop(more, phases, init)
   decision = decider.finish(params['decider'], carry.state, carry.h_BxLxD, carry.t,
                             carry.depth_BxL)
   readout = carry.h_BxLxD if decision.readout_BxLxD is None else decision.readout_BxLxD
@@ -307,8 +300,8 @@ def run_compacted(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
     tokens_BxL: int token ids, right-padded with 0.
     complexity_BxL: the task annotation, for the oracle decider.
     max_depth: T at evaluation (the trained D by default).
-    buckets: static buffer sizes (ascending); a compute set larger than the last runs the
-      dense step. Default: `bucket_sizes(L, dense_fraction=dense_fraction)`.
+    buckets: static buffer sizes, in tokens of the whole batch; a compute set larger than the
+      largest runs the dense step. Default: `bucket_sizes(B * L, dense_fraction=...)`.
     dense_fraction: where the default ladder ends and the dense step takes over.
 
   Returns:
@@ -319,10 +312,10 @@ def run_compacted(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
   if cfg.kind == 'standard' and max_depth != cfg.max_depth:
     raise ValueError('a standard (unshared) model has exactly max_depth layers; '
                      f'it cannot run {max_depth}')
-  length = tokens_BxL.shape[1]
+  tokens = tokens_BxL.size
   if buckets is None:
-    buckets = bucket_sizes(length, dense_fraction=dense_fraction)
-  buckets = tuple(sorted({int(s) for s in buckets if 1 <= s < length}))
+    buckets = bucket_sizes(tokens, dense_fraction=dense_fraction)
+  buckets = tuple(sorted({int(s) for s in buckets if 1 <= s < tokens}))
   ctx = deciders.Context(train=False, key=None, max_depth=max_depth,
                          complexity_BxL=complexity_BxL if anira.decider.reads_complexity else None)
   h0_BxLxD = anira.network.embed(params['model'], tokens_BxL)

@@ -15,7 +15,7 @@ from anira_jax.anira import Anira
 from anira_jax.deciders import scheduled as deciders_scheduled
 from anira_jax.model import layers
 
-BUCKETS = (6,)  # of L = 12: iterations with <= 6 tokens to compute per row run compacted
+BUCKETS = (9, 18)  # tokens of a batch (B·L = 24 or 36): iterations with <= 18 to compute run compacted
 
 
 def _batch(seed: int = 1):
@@ -85,6 +85,22 @@ def test_one_compilation_for_any_active_counts():
   # Depth 1 everywhere: one dense iteration; depth D everywhere: D; mixed: compacted steps.
   assert [int(w.dense_iterations) for w in works[:2]] == [1, 4]
   assert int(works[2].compacted_iterations) > 0
+
+
+def test_each_iteration_runs_in_the_smallest_bucket_that_holds_it():
+  """Iteration t computes the real tokens of depth >= t (one core layer): in the smallest bucket
+  that holds them all, or the dense step above the largest."""
+  anira = Anira(tiny_model(), tiny_decider('oracle'))
+  params = anira.init(jax.random.key(0))
+  tokens, complexity = _batch(seed=4)  # to compute: 32, 23, 14, 8 tokens
+  out = compaction.run_compacted(anira, params, tokens, complexity_BxL=complexity,
+                                 buckets=BUCKETS)
+  depth = np.where(np.asarray(tokens) != 0, np.asarray(out.trajectory.depth_BxL), 0)
+  counts = [int(np.sum(depth >= t)) for t in range(1, depth.max() + 1)]
+  slots = [min([s for s in BUCKETS if s >= c], default=tokens.size) for c in counts]
+  assert sorted(set(slots)) == [*BUCKETS, tokens.size], f'{counts}: test too weak'
+  assert int(out.work.token_slots) == sum(slots)
+  assert int(out.work.compacted_iterations) == sum(s < tokens.size for s in slots)
 
 
 def test_bucket_ladder():

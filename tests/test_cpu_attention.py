@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_decider, tiny_model
+from test_layers import ragged_case
+from test_recurrence import _spread_halting
 from test_train import _gradients_with
 
 from anira_jax import compaction
@@ -76,6 +78,19 @@ def test_gathered_queries_equal_plain_jax(kernel, order, keys):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize('head_dim', cpu_attention.HEAD_DIMS)
+@pytest.mark.parametrize('keys', [45, 200])
+def test_ragged_rows_equal_the_full_causal_block(kernel, head_dim, keys):
+  """Compaction's layout: rows of 0 to 20 queries in one array (tiles of 8 and partial ones),
+  then padding, which must come out zero."""
+  args, expected = ragged_case(4, counts=[13, 0, 20, 1, 7], keys=keys, total=50,
+                               head_dim=head_dim, heads=2)
+  assert cpu_attention.supports(*args[:3])
+  assert 'anira_ragged_attention_forward' in str(jax.make_jaxpr(layers.attend_ragged)(*args))
+  np.testing.assert_allclose(jax.jit(layers.attend_ragged)(*args), expected, atol=1e-5,
+                             rtol=1e-5)
+
+
 def test_vmapped_like_plain_jax(kernel):
   """Under vmap (PonderNet's loss maps over iterations) the mapped axis joins the batch."""
   q, k, v = _qkv(5, 2, 9, 9, 2, 16)
@@ -103,12 +118,15 @@ def test_model_logits_and_gradients_equal_plain_jax(kernel, monkeypatch):
   """The whole model with the kernel (head dim 16) against the same model in plain JAX: inference
   logits of the masked loop and of compaction, and training gradients."""
   anira = Anira(tiny_model(width=32, num_heads=2), tiny_decider('online'))
-  params = anira.init(jax.random.key(0))
+  params = _spread_halting(anira, anira.init(jax.random.key(0)))
   tokens = jax.random.randint(jax.random.key(1), (3, 40), 1, 5).at[2, 30:].set(0)
+  compact = lambda: compaction.run_compacted(anira, params, tokens, buckets=(30, 60))
+  assert int(compact().work.compacted_iterations) > 0, 'compaction never ran: test too weak'
+  assert 'anira_ragged_attention_forward' in str(jax.make_jaxpr(compact)())
 
   def run():
     loop = anira.apply(params, tokens, train=False, path='loop').logits_BxLxV
-    compacted = compaction.run_compacted(anira, params, tokens, buckets=(10, 20))
+    compacted = compact()
     grads, _ = jax.jit(fn)(*args)
     return loop, compacted.logits_BxLxV, grads
 

@@ -23,6 +23,25 @@ def _reference(q, k, v, mask_BxSxN):
   return jax.nn.dot_product_attention(q, k, v, mask=mask_BxSxN[:, None])
 
 
+def ragged_case(seed, counts, keys, total, head_dim=8, heads=3):
+  """`attend_ragged`'s arguments for rows with `counts` queries each (at sorted random positions,
+  in one [total, H, K] array; total >= sum(counts)), and what it must return: those rows of
+  JAX's full causal attention, zeros for the padding queries."""
+  batch = len(counts)
+  q, k, v = _qkv(jax.random.key(seed), batch=batch, queries=keys, keys=keys, heads=heads,
+                 head_dim=head_dim)
+  full = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+  rng = np.random.default_rng(seed)
+  rows = np.repeat(np.arange(batch), counts)
+  positions = np.concatenate([np.sort(rng.choice(keys, c, replace=False)) for c in counts])
+  pad = total - len(rows)
+  q_flat = jnp.concatenate([q[rows, positions], jnp.ones((pad,) + q.shape[2:])])
+  expected = jnp.concatenate([full[rows, positions], jnp.zeros((pad,) + q.shape[2:])])
+  positions = jnp.asarray(np.concatenate([positions, np.zeros(pad)]), jnp.int32)
+  row_starts = jnp.asarray(np.concatenate([[0], np.cumsum(counts)]), jnp.int32)
+  return (q_flat, k, v, positions, row_starts), expected
+
+
 class AttentionTest(chex.TestCase):
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -61,6 +80,13 @@ class AttentionTest(chex.TestCase):
     out = layers.attend(q_picked, k, v, picked_BxS)
     np.testing.assert_allclose(out, jnp.take_along_axis(full, picked_BxS[:, :, None, None], axis=1),
                                atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_ragged_rows_match_the_full_causal_block(self):
+    # Compaction's layout: every row's active queries in one array, an empty row, padding.
+    args, expected = ragged_case(9, counts=[3, 0, 6, 1], keys=9, total=13)
+    out = self.variant(layers.attend_ragged)(*args)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
 
   def test_bfloat16_tracks_float32(self):
     q, k, v = _qkv(jax.random.key(7))

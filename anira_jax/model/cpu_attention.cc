@@ -400,6 +400,30 @@ void backward(ffi::ThreadPool& pool, const float* q, const float* k, const float
   });
 }
 
+// The forward pass over a ragged batch: the queries of all rows in one [T, H, K] array, row b's
+// at [row_starts[b], row_starts[b + 1]); queries past row_starts[batch] are padding and get
+// zeros. For compaction, whose rows have different numbers of active tokens: a [B, S] layout
+// would pad every row to the largest.
+template <int K, int KB>
+void ragged_forward(ffi::ThreadPool& pool, const float* q, const float* k, const float* v,
+                    const int32_t* positions, const int32_t* row_starts, float* out, float* lse,
+                    int64_t batch, int64_t total, int64_t heads, int64_t length) {
+  const int64_t row = heads * K;
+  const int64_t cost = heads * total * length * K;  // multiply-adds, at most
+  parallel_for(pool, batch * heads, cost, [=](int64_t item) {
+    const int64_t b = item / heads, h = item % heads;
+    const int64_t start = row_starts[b], queries = row_starts[b + 1] - start;
+    if (queries <= 0) return;
+    const int64_t qo = start * row + h * K, ko = b * length * row + h * K;
+    forward_head<K, KB>({q + qo, row}, {k + ko, row}, {v + ko, row}, positions + start,
+                        out + qo, lse + start * heads + h, row, heads, queries, length,
+                        tls_scratch);
+  });
+  const int64_t used = row_starts[batch];
+  std::fill(out + used * row, out + total * row, 0.f);
+  std::fill(lse + used * heads, lse + total * heads, 0.f);
+}
+
 // Calls f.template operator()<K, KB>() for the supported head dims K and the key block KB.
 template <typename F>
 ffi::Error with_sizes(int64_t head_dim, int64_t keys, F f) {
@@ -458,6 +482,20 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 q, F32 k, F32 v, S32 positions
   });
 }
 
+ffi::Error RaggedForwardImpl(ffi::ThreadPool pool, F32 q, F32 k, F32 v, S32 positions,
+                             S32 row_starts, ffi::ResultBuffer<ffi::F32> out,
+                             ffi::ResultBuffer<ffi::F32> lse) {
+  const auto qd = q.dimensions(), kd = k.dimensions();  // q [T, H, K], k [B, N, H, K]
+  const int64_t batch = kd[0], length = kd[1];
+  if (row_starts.element_count() != static_cast<size_t>(batch) + 1)
+    return ffi::Error::InvalidArgument("row_starts must have batch + 1 entries");
+  return with_sizes(qd[2], length, [&]<int K, int KB>() {
+    ragged_forward<K, KB>(pool, q.typed_data(), k.typed_data(), v.typed_data(),
+                          positions.typed_data(), row_starts.typed_data(), out->typed_data(),
+                          lse->typed_data(), batch, qd[0], qd[1], length);
+  });
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AniraAttentionForward, ForwardImpl,
@@ -484,4 +522,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AniraAttentionBackward, BackwardImpl,
                                   .Ret<F32>()  // d q
                                   .Ret<F32>()  // d k
                                   .Ret<F32>()  // d v
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AniraRaggedAttentionForward, RaggedForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()  // q [T, H, K]
+                                  .Arg<F32>()  // k [B, N, H, K]
+                                  .Arg<F32>()  // v [B, N, H, K]
+                                  .Arg<S32>()  // q_positions [T]
+                                  .Arg<S32>()  // row_starts [B + 1]
+                                  .Ret<F32>()  // out [T, H, K]
+                                  .Ret<F32>()  // logsumexp [T, H]
 );

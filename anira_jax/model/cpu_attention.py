@@ -42,6 +42,7 @@ MIN_QUERIES = 8  # the kernel's query tile
 SOURCE = pathlib.Path(__file__).with_name('cpu_attention.cc')
 _FLAGS = ('-O3', '-march=native', '-std=c++20', '-shared', '-fPIC', '-fno-math-errno')
 _FORWARD, _BACKWARD = 'anira_attention_forward', 'anira_attention_backward'
+_RAGGED_FORWARD = 'anira_ragged_attention_forward'
 _library = None  # the loaded kernel: the registered handlers live in it
 _registered: set[str] = set()
 # Under vmap every operand gets the mapped axis in front, which the kernel folds into the batch.
@@ -106,7 +107,8 @@ def _loaded() -> bool:
                       'this attempt.', error, ENABLE_ENV)
       return False
     for name, handler in ((_FORWARD, library.AniraAttentionForward),
-                          (_BACKWARD, library.AniraAttentionBackward)):
+                          (_BACKWARD, library.AniraAttentionBackward),
+                          (_RAGGED_FORWARD, library.AniraRaggedAttentionForward)):
       if name not in _registered:  # XLA keeps the first registration of a name
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(handler), platform='cpu')
         _registered.add(name)
@@ -132,6 +134,17 @@ def forward(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS):
             jax.ShapeDtypeStruct(q_BxSxHxK.shape[:-1], jnp.float32))
   return jax.ffi.ffi_call(_FORWARD, shapes, vmap_method=_VMAP)(
       q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS.astype(jnp.int32))
+
+
+def ragged_forward(q_TxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_T, row_starts_B1):
+  """`forward` of a ragged batch, inference only (no backward pass): row b's queries are
+  q[row_starts[b] : row_starts[b + 1]] (row_starts [B + 1] ascending int32 from 0); the queries
+  past row_starts[B] are padding, their outputs zeros. Returns (out [T, H, K], logsumexp [T, H])."""
+  shapes = (jax.ShapeDtypeStruct(q_TxHxK.shape, jnp.float32),
+            jax.ShapeDtypeStruct(q_TxHxK.shape[:-1], jnp.float32))
+  return jax.ffi.ffi_call(_RAGGED_FORWARD, shapes)(
+      q_TxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_T.astype(jnp.int32),
+      row_starts_B1.astype(jnp.int32))
 
 
 def backward(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS, out_BxSxHxK, logsumexp_BxSxH,

@@ -357,6 +357,34 @@ def plain_attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Arra
   return attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, mask_BxSxN)
 
 
+def attend_ragged(q_TxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
+                  q_positions_T: jax.Array, row_starts_B1: jax.Array) -> jax.Array:
+  """`attend` for rows with different numbers of queries, all in one [T, H, K] array: row b's
+  are q[row_starts[b] : row_starts[b + 1]] (row_starts [B + 1], ascending from 0); queries past
+  row_starts[B] are padding, their output zeros. Returns [T, H, K]. Inference only.
+
+  Compaction's layout: a [B, S] one pads every row to the row with the most active tokens.
+  Where the CPU kernel applies it reads this layout as it is; the plain JAX path places row b's
+  queries in slots 0.. of a [B, min(T, N)] layout, so its attention may cost up to a full
+  causal pass.
+  """
+  if cpu_attention.supports(q_TxHxK, k_BxNxHxK, v_BxNxHxK):
+    return cpu_attention.ragged_forward(q_TxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_T,
+                                        row_starts_B1)[0]
+  total, (batch, length) = q_TxHxK.shape[0], k_BxNxHxK.shape[:2]
+  t_T = jnp.arange(total)
+  rows_T = jnp.sum(row_starts_B1[None, 1:] <= t_T[:, None], axis=1)  # B for padding
+  slots_T = t_T - row_starts_B1[rows_T]
+  slots = min(total, length)
+  q_BxSxHxK = jnp.zeros((batch, slots) + q_TxHxK.shape[1:], q_TxHxK.dtype).at[
+      rows_T, slots_T].set(q_TxHxK, mode='drop')
+  positions_BxS = jnp.zeros((batch, slots), jnp.int32).at[rows_T, slots_T].set(
+      q_positions_T.astype(jnp.int32), mode='drop')
+  out_BxSxHxK = plain_attend(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, positions_BxS)
+  out_TxHxK = out_BxSxHxK[jnp.minimum(rows_T, batch - 1), jnp.minimum(slots_T, slots - 1)]
+  return jnp.where((rows_T < batch)[:, None, None], out_TxHxK, 0).astype(q_TxHxK.dtype)
+
+
 @jax.custom_vjp
 def _fused_attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS):
   """`attend` in the CPU kernel, with the kernel's backward pass."""
