@@ -117,11 +117,15 @@ def _scatter(x_Nx: jax.Array, idx_S: jax.Array, values_Sx: jax.Array) -> jax.Arr
 
 
 class _Carry(NamedTuple):
-  t: jax.Array
+  t: jax.Array  # iterations done
   h_BxLxD: jax.Array
   state: dict
   depth_BxL: jax.Array
-  dirty_BxL: jax.Array  # tokens whose state changed in iteration t
+  # The plan of iteration t + 1, made when iteration t ends (`plan`), so that the loops'
+  # conditions are scalar compares:
+  active_BxL: jax.Array  # real tokens that run it: their states change
+  compute_BxL: jax.Array  # tokens it computes: the active ones and stale frozen ones
+  count: jax.Array  # Σ compute_BxL, or 0 if no real token runs it (the recurrence is over)
   k_cache: tuple  # per core layer [B, L, H, K]: keys as compacted steps read them (layer 1's
   #                 are kept only in the compacted phase, where they follow every state)
   v_cache: tuple
@@ -205,81 +209,76 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
       k_cache[0], v_cache[0] = scatter(k_cache[0], keep_T, k), scatter(v_cache[0], keep_T, v)
     return h_BxLxD, tuple(k_cache), tuple(v_cache)
 
-  def plan(carry: _Carry):
-    """Iteration t = carry.t + 1: who runs, who must be computed, and how many tokens that is."""
-    t = carry.t + 1
-    active_BxL = (decider.runs(carry.state, jnp.minimum(t, ctx.max_depth)) > 0.5) & valid_BxL
+  def plan(t, state, dirty_BxL):
+    """(active, compute, count) of iteration t + 1, as `_Carry` holds them; `dirty`: the tokens
+    whose states changed in iteration t."""
+    active_BxL = (decider.runs(state, jnp.minimum(t + 1, ctx.max_depth)) > 0.5) & valid_BxL
     if cfg.core_layers > 1:
-      stale_prefix_BxL = jnp.cumsum(carry.dirty_BxL, axis=1, dtype=jnp.int32) > 0
+      stale_prefix_BxL = jnp.cumsum(dirty_BxL, axis=1, dtype=jnp.int32) > 0
       compute_BxL = active_BxL | (stale_prefix_BxL & valid_BxL)
     else:
       compute_BxL = active_BxL
-    return t, active_BxL, compute_BxL, jnp.sum(compute_BxL, dtype=jnp.int32)
+    more = (t < ctx.max_depth) & jnp.any(active_BxL)
+    return active_BxL, compute_BxL, jnp.where(more, jnp.sum(compute_BxL, dtype=jnp.int32), 0)
 
-  def advance(carry: _Carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work: Work) -> _Carry:
-    """After the core: the decider observes every token's state."""
+  def advance(carry: _Carry, h_BxLxD, k_cache, v_cache, work: Work) -> _Carry:
+    """After the core ran iteration t = carry.t + 1: the decider observes every token's state
+    and the next iteration is planned."""
+    t = carry.t + 1
     state = decider.observe(params['decider'], carry.state, h_BxLxD, t)
-    dirty_BxL = valid_BxL if stale_every_iteration else active_BxL
-    return _Carry(t, h_BxLxD, state, carry.depth_BxL + active_BxL.astype(jnp.int32), dirty_BxL,
-                  k_cache, v_cache, work)
+    dirty_BxL = valid_BxL if stale_every_iteration else carry.active_BxL
+    return _Carry(t, h_BxLxD, state, carry.depth_BxL + carry.active_BxL.astype(jnp.int32),
+                  *plan(t, state, dirty_BxL), k_cache, v_cache, work)
 
   def dense_body(carry: _Carry) -> _Carry:
-    t, active_BxL, _, _ = plan(carry)
-    h_BxLxD, k_cache, v_cache = dense_step(t, active_BxL, carry.h_BxLxD, carry.k_cache,
-                                           carry.v_cache)
+    h_BxLxD, k_cache, v_cache = dense_step(carry.t + 1, carry.active_BxL, carry.h_BxLxD,
+                                           carry.k_cache, carry.v_cache)
     w = carry.work
     work = w._replace(dense_iterations=w.dense_iterations + 1,
                       token_slots=w.token_slots + batch * length)
-    return advance(carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work)
+    return advance(carry, h_BxLxD, k_cache, v_cache, work)
 
   def compacted_body(size: int):
     def body(carry: _Carry) -> _Carry:
-      t, active_BxL, compute_BxL, _ = plan(carry)
-      k_cache, v_cache = carry.k_cache, carry.v_cache
+      t, k_cache, v_cache = carry.t + 1, carry.k_cache, carry.v_cache
       if stale_every_iteration:
         k_cache, v_cache = refresh(t, carry.h_BxLxD, k_cache, v_cache)
-      h_BxLxD, k_cache, v_cache = compact_step(size, t, compute_BxL, active_BxL, carry.h_BxLxD,
-                                               k_cache, v_cache)
+      h_BxLxD, k_cache, v_cache = compact_step(size, t, carry.compute_BxL, carry.active_BxL,
+                                               carry.h_BxLxD, k_cache, v_cache)
       w = carry.work
       work = w._replace(compacted_iterations=w.compacted_iterations + 1,
                         token_slots=w.token_slots + size,
                         refresh_slots=w.refresh_slots + batch * length * stale_every_iteration)
-      return advance(carry, t, active_BxL, h_BxLxD, k_cache, v_cache, work)
+      return advance(carry, h_BxLxD, k_cache, v_cache, work)
     return body
-
-  def more(carry: _Carry):
-    next_runs = decider.runs(carry.state, jnp.minimum(carry.t + 1, ctx.max_depth)) > 0.5
-    return (carry.t < ctx.max_depth) & jnp.any(next_runs & valid_BxL)
 
   def refresh_carry(carry: _Carry) -> _Carry:
     k_cache, v_cache = refresh(carry.t + 1, carry.h_BxLxD, carry.k_cache, carry.v_cache)
     work = carry.work._replace(refresh_slots=carry.work.refresh_slots + batch * length)
     return carry._replace(k_cache=k_cache, v_cache=v_cache, work=work)
 
-  def more_dense(carry: _Carry):
-    return more(carry) & (plan(carry)[3] > dense_limit)
-
   zeros = lambda: tuple(jnp.zeros(kv_shape, cache_dtype) for _ in range(cfg.core_layers))
   zero = jnp.int32(0)
-  init = _Carry(zero, h0_BxLxD, decider.start(params['decider'], h0_BxLxD, ctx),
-                jnp.zeros((batch, length), jnp.int32), valid_BxL, zeros(), zeros(),
-                Work(zero, zero, zero, zero))
+  state = decider.start(params['decider'], h0_BxLxD, ctx)
+  init = _Carry(zero, h0_BxLxD, state, jnp.zeros((batch, length), jnp.int32),
+                *plan(zero, state, valid_BxL), zeros(), zeros(), Work(zero, zero, zero, zero))
+
   def phases(carry: _Carry) -> _Carry:
     """Dense iterations while the compute set is above the largest bucket, then each bucket's
     compacted iterations, largest first."""
-    carry = jax.lax.while_loop(more_dense, dense_body, carry)
+    carry = jax.lax.while_loop(lambda c: c.count > dense_limit, dense_body, carry)
     if not buckets:
       return carry
     if not stale_every_iteration:  # the cache holds the last dense iteration's inputs
-      carry = jax.lax.cond(more(carry), refresh_carry, lambda c: c, carry)
+      carry = jax.lax.cond(carry.count > 0, refresh_carry, lambda c: c, carry)
     for smaller, size in reversed(list(zip((0, *buckets[:-1]), buckets))):
-      fits = lambda c, lo=smaller, hi=size: more(c) & (lo < plan(c)[3]) & (plan(c)[3] <= hi)
+      fits = lambda c, lo=smaller, hi=size: (lo < c.count) & (c.count <= hi)
       carry = jax.lax.while_loop(fits, compacted_body(size), carry)
     return carry
 
   # Active sets only shrink, so one pass of `phases` runs every iteration; a run set that grows
   # past its bucket again (no decider's does) ends the pass early and the next one picks it up.
-  carry = jax.lax.while_loop(more, phases, init)
+  carry = jax.lax.while_loop(lambda c: c.count > 0, phases, init)
   decision = decider.finish(params['decider'], carry.state, carry.h_BxLxD, carry.t,
                             carry.depth_BxL)
   readout = carry.h_BxLxD if decision.readout_BxLxD is None else decision.readout_BxLxD
