@@ -123,21 +123,40 @@ struct QueryTile {
   }
 };
 
+// One step of a 16 x 16 register transpose: rows r and r + S (r with bit S clear) swap their
+// off-diagonal S x S blocks.
+#define ANIRA_ARGS(...) __VA_ARGS__
+#define ANIRA_TRANSPOSE_STEP(S, LO, HI)                          \
+  for (int r = 0; r < 16; ++r) {                                 \
+    if (r & S) continue;                                         \
+    const f32x16 a = t[r], b = t[r + S];                         \
+    t[r] = __builtin_shufflevector(a, b, LO);                    \
+    t[r + S] = __builtin_shufflevector(a, b, HI);                \
+  }
+
+// Transposes 16 rows of 16 floats in registers (t[i][j] becomes t[j][i]).
+inline void transpose16(f32x16 (&t)[16]) {
+  ANIRA_TRANSPOSE_STEP(8, ANIRA_ARGS(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                       ANIRA_ARGS(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31))
+  ANIRA_TRANSPOSE_STEP(4, ANIRA_ARGS(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+                       ANIRA_ARGS(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31))
+  ANIRA_TRANSPOSE_STEP(2, ANIRA_ARGS(0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29),
+                       ANIRA_ARGS(2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31))
+  ANIRA_TRANSPOSE_STEP(1, ANIRA_ARGS(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30),
+                       ANIRA_ARGS(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31))
+}
+
 // Keys 0 .. padded-1 of one head packed for the tiles: transposed [K][padded] (the score
 // products read 16 consecutive keys per vector) or row-major [padded][K]; positions past
-// `length` are zeros.
+// `length` are zeros. Transposed 16 x 16 at a time, in registers.
 template <int K>
 void pack_transposed(Rows x, int64_t length, int64_t padded, float* out_KxP) {
-  for (int64_t n0 = 0; n0 < padded; n0 += 16) {  // 16 keys at a time: whole-vector stores
-    float rows[16][K];
-    for (int j = 0; j < 16; ++j) {
-      if (n0 + j < length) std::memcpy(rows[j], x.row(n0 + j), K * sizeof(float));
-      else std::memset(rows[j], 0, K * sizeof(float));
-    }
-    for (int c = 0; c < K; ++c) {
-      f32x16 column;
-      for (int j = 0; j < 16; ++j) column[j] = rows[j][c];
-      store(out_KxP + c * padded + n0, column);
+  for (int64_t n0 = 0; n0 < padded; n0 += 16) {
+    for (int c0 = 0; c0 < K; c0 += 16) {
+      f32x16 t[16];
+      for (int j = 0; j < 16; ++j) t[j] = n0 + j < length ? load(x.row(n0 + j) + c0) : splat(0.f);
+      transpose16(t);
+      for (int c = 0; c < 16; ++c) store(out_KxP + (c0 + c) * padded + n0, t[c]);
     }
   }
 }
