@@ -18,7 +18,7 @@ One run prints, and writes as JSON to --out (default benchmarks/inference.json):
    exactly the chosen distribution: all 1, geometric (p = 1/2, mean ≈ 2, truncated at D),
    uniform on 1..D, all D.
 2. Decoding (`decoding.decode_step`) cost of one token at position --decode_context against that
-   token's own depth 1..D.
+   token's own depth 1..D (the depths called in turn, 10 x --repeats times each).
 3. Training tokens/s of the jitted train step (forward + backward + AdamW) per decider.
 The process's peak resident memory (ru_maxrss) is printed at the end. Nothing here is asserted;
 timings are medians of --repeats calls after one warm-up (compilation) call, and in table 1 the
@@ -66,6 +66,7 @@ _TRAIN_DECIDERS = flags.DEFINE_list('train_deciders', ['fixed', 'early', 'online
 _OUT = flags.DEFINE_string('out', 'benchmarks/inference.json', 'Where to write the figures.')
 
 METHODS = ('fixed', 'masked', 'compacted')
+DECODE_CALLS_PER_REPEAT = 10
 
 
 def _planned_bytes(jitted, *args) -> int | None:
@@ -191,12 +192,16 @@ def decoding_table(model: ModelConfig, context: int, repeats: int):
     out, holder[0] = step(params, holder[0], token, position, complexity)
     return out
 
-  rows = []
+  calls = {}
   for depth in range(1, model.max_depth + 1):
     complexity = jnp.full((1,), depth - 1.0, jnp.float32)
     assert int(once(complexity).depth_B[0]) == depth
-    seconds = timing.median_seconds(lambda: once(complexity).logits_BxV, repeats)
-    rows.append({'depth': depth, 'ms_per_token': 1e3 * seconds})
+    calls[depth] = functools.partial(lambda c: once(c).logits_BxV, complexity)
+  # The depths in turn, DECODE_CALLS_PER_REPEAT x repeats times: one step takes only a few ms,
+  # so a load change would otherwise show up as a cost of some depths.
+  times = timing.interleaved(calls, DECODE_CALLS_PER_REPEAT * repeats)
+  rows = [{'depth': depth, 'ms_per_token': 1e3 * float(np.median(times[depth]))}
+          for depth in calls]
   base = rows[0]['ms_per_token']
   print(f'decoding one token at position {context - 1} (static frozen keys/values: '
         f'{decoding.static_frozen_kv(oracle)})')
