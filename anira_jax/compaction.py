@@ -81,14 +81,14 @@ class CompactedOutput(NamedTuple):
   work: Work
 
 
-def bucket_sizes(length: int, *, dense_fraction: float = 0.75, min_size: int = 16,
+def bucket_sizes(tokens: int, *, dense_fraction: float = 0.75, min_size: int = 16,
                  growth: float = 1.25) -> tuple[int, ...]:
-  """Static buffer sizes for a sequence of `length`: a geometric ladder up to the dense
-  threshold, each a multiple of 8 (of 1 for short sequences). Counts above the last use the
-  dense step; with growth g a buffer wastes at most 1 − 1/g of its slots (more for the smallest
+  """Static buffer sizes for a batch of `tokens` (B · L): a geometric ladder up to the dense
+  threshold, each a multiple of 8 (of 1 below 64 tokens). Counts above the last use the dense
+  step; with growth g a buffer wastes at most 1 − 1/g of its slots (more for the smallest
   sizes, rounded up to the multiple of 8)."""
-  granule = 8 if length >= 64 else 1
-  limit = int(dense_fraction * length)
+  granule = 8 if tokens >= 64 else 1
+  limit = int(dense_fraction * tokens)
   if limit < 1:
     return ()
   sizes, s = {limit}, float(min(min_size, limit))

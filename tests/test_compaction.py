@@ -104,9 +104,9 @@ def test_each_iteration_runs_in_the_smallest_bucket_that_holds_it():
 
 
 def test_bucket_ladder():
-  for length in (64, 128, 1000, 2048):
-    sizes = compaction.bucket_sizes(length, dense_fraction=0.75)
-    assert list(sizes) == sorted(set(sizes)) and sizes[-1] == int(0.75 * length)
+  for tokens in (64, 128, 1000, 8192):
+    sizes = compaction.bucket_sizes(tokens, dense_fraction=0.75)
+    assert list(sizes) == sorted(set(sizes)) and sizes[-1] == int(0.75 * tokens)
     assert all(s % 8 == 0 for s in sizes[:-1])
     assert all(b / a <= 1.6 for a, b in zip(sizes, sizes[1:])), sizes  # ≤ ~1/3 of slots wasted
   assert compaction.bucket_sizes(12, dense_fraction=0.75, min_size=3) == (3, 4, 5, 6, 8, 9)

@@ -13,6 +13,8 @@
 //   q_positions [B, S] int32 in [0, N): query s of row b sees keys 0..q_positions[b, s];
 //   out [B, S, H, K]; logsumexp [B, S, H] (natural log of each row's softmax normaliser);
 //   scores are (q / sqrt(K)) . k, as in layers.attention.
+//   The ragged forward entry point (compaction) takes q [T, H, K] and q_positions [T] for all
+//   rows at once, row b's at [row_starts[b], row_starts[b + 1]) (row_starts [B + 1] int32).
 // Rows of a tile share the tile's key range, so queries sorted by position (a causal sequence,
 // or compaction's gathered tokens) skip the most; any order is correct.
 

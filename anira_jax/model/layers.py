@@ -10,6 +10,7 @@ step (compacted inference, KV-cache decoding):
                                                              # (or queries / keys_values alone;
                                                              # positions may be a `Rotary`)
     attn = attend(q, k_cache, v_cache, q_positions)      # causal by original position
+                                                             # (attend_ragged: rows of any size)
     x = update(cfg, block_params, x, attn)                   # output projection, MLP, residuals
 
 `Block.__call__` is these three on one sequence, with `causal_attention` (the same function as
