@@ -34,7 +34,7 @@ def device_batch(batch: dict) -> dict:
   return {k: batch[k] for k in DEVICE_KEYS}
 
 
-def _rows_over_mesh(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+def rows_over_mesh(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   """One host batch, the same on every process, as global arrays whose rows are split over
   every device of `mesh`: each device evaluates only its rows (passed as they are, the batch
   would be replicated and every device would compute all of it). Rows are padded with padding
@@ -87,9 +87,10 @@ def evaluate_batches(anira: Anira, params: dict, batches: Iterable[dict],
     arrays = device_batch(batch)
     rows = len(arrays['tokens'])
     if mesh is not None:
-      arrays = _rows_over_mesh(arrays, mesh)
+      arrays = rows_over_mesh(arrays, mesh)
     out = jax.device_get(eval_step(params, arrays, sampling_key(index)))
-    out = {k: v if k == 'iterations' else v[:rows] for k, v in out.items()}
+    # Per-row outputs lose the padding rows; scalars (the loop's iteration count) are the batch's.
+    out = {k: v[:rows] if np.ndim(v) else v for k, v in out.items()}
     mask = batch['loss_mask']
     real = batch['tokens'] != 0
     answer_depth.append(out['depth'][mask])

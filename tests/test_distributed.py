@@ -93,7 +93,7 @@ _EVAL_SCRIPT = textwrap.dedent('''
     for data, fsdp in [(1, 1), (8, 1), (2, 4)]:
       config.mesh.data, config.mesh.fsdp = data, fsdp
       mesh = sharding.make_mesh(config, devices=jax.devices()[:data * fsdp])
-      rows = evaluation._rows_over_mesh(evaluation.device_batch(batches[0]), mesh)['tokens']
+      rows = evaluation.rows_over_mesh(evaluation.device_batch(batches[0]), mesh)['tokens']
       results[f'{data}x{fsdp}'] = {
           'rows_per_device': sorted({s.data.shape[0] for s in rows.addressable_shards}),
           **evaluation.evaluate_batches(anira, params, batches, mesh=mesh)}
