@@ -1,9 +1,11 @@
 """The fused CPU attention kernel against the plain JAX attention: values and gradients over head
 dims, lengths that are not multiples of its tiles, gathered and unsorted query positions; the
-whole model's logits and gradients; and the fall-back when the kernel cannot be built."""
+whole model's logits and gradients; the fall-back when the kernel cannot be built; the cache's
+pruning."""
 
 import logging
 import os
+import time
 
 import chex
 import jax
@@ -169,3 +171,15 @@ def test_turned_off_by_the_environment(monkeypatch):
     assert not cpu_attention.supports(*_qkv(4, 1, 9, 9, 2, 32))
   finally:
     cpu_attention._loaded.cache_clear()
+
+
+def test_prune_deletes_only_other_libraries_unused_for_a_month(tmp_path):
+  month_ago = time.time() - (cpu_attention.STALE_DAYS + 1) * 86_400
+  names = ['cpu_attention-new.so', 'cpu_attention-recent.so', 'cpu_attention-old.so',
+           'cpu_attention-old-but-kept.so', 'something-else-old.so']
+  for name in names:
+    (tmp_path / name).write_bytes(b'')
+    if 'old' in name:
+      os.utime(tmp_path / name, (month_ago, month_ago))
+  cpu_attention.prune(tmp_path, keep=tmp_path / 'cpu_attention-old-but-kept.so')
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - {'cpu_attention-old.so'})

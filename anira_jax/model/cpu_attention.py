@@ -10,8 +10,9 @@ Why compiled here rather than at install: the project installs with pip alone on
 without a compiler. The first process that needs the kernel compiles it with the system's C++
 compiler (`$CXX`, else `c++`/`g++`/`clang++`: C++20 with GCC's vector extensions, so GCC >= 12
 or Clang; 10-25 s) for this CPU (`-march=native`) into a per-user cache keyed by the source,
-compiler, flags, jaxlib and CPU; later processes load it. Without a compiler, if it fails, or
-with `ANIRA_JAX_CPU_KERNELS=0`, `layers` uses its plain JAX attention: the same function to float
+compiler, flags, jaxlib and CPU; later processes load it (a build deletes the libraries no
+process has loaded for STALE_DAYS). Without a compiler, if it fails, or with
+`ANIRA_JAX_CPU_KERNELS=0`, `layers` uses its plain JAX attention: the same function to float
 rounding (tests/test_cpu_attention.py).
 
 Used only where it is correct and pays: the CPU backend with one device (a sharded program would
@@ -30,6 +31,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +42,7 @@ ENABLE_ENV = 'ANIRA_JAX_CPU_KERNELS'  # '0' turns the kernel off
 HEAD_DIMS = (16, 32, 64, 128)
 MIN_QUERIES = 8  # the kernel's query tile
 SOURCE = pathlib.Path(__file__).with_name('cpu_attention.cc')
+STALE_DAYS = 30  # a cached library unused this long is deleted when another one is built
 _FLAGS = ('-O3', '-march=native', '-std=c++20', '-shared', '-fPIC', '-fno-math-errno')
 _FORWARD, _BACKWARD = 'anira_attention_forward', 'anira_attention_backward'
 _RAGGED_FORWARD = 'anira_ragged_attention_forward'
@@ -69,12 +72,17 @@ def _cache_dir() -> pathlib.Path:
 
 
 def build(compiler: str) -> pathlib.Path:
-  """The kernel's shared library for this machine, compiled into the cache if not there yet.
-  Raises `RuntimeError` with the compiler's output if compilation fails."""
+  """The kernel's shared library for this machine, compiled into the cache if not there yet
+  (then `prune`s the cache). Raises `RuntimeError` with the compiler's output if compilation
+  fails."""
   key = hashlib.sha256('\0'.join([SOURCE.read_text(), compiler, *_FLAGS, jaxlib.__version__,
                                   _cpu_identity()]).encode()).hexdigest()[:20]
   library = _cache_dir() / f'cpu_attention-{key}.so'
   if library.exists():
+    try:
+      library.touch()  # in use: `prune` keeps it
+    except OSError:  # a read-only cache
+      pass
     return library
   library.parent.mkdir(parents=True, exist_ok=True)
   # Compile to a temporary name and rename: concurrent processes never load a partial file.
@@ -85,7 +93,17 @@ def build(compiler: str) -> pathlib.Path:
     if result.returncode != 0:
       raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-4000:]}')
     os.replace(partial, library)
+  prune(library.parent, keep=library)
   return library
+
+
+def prune(cache: pathlib.Path, keep: pathlib.Path) -> None:
+  """Deletes the cached kernel libraries, other than `keep`, that no process has loaded for
+  STALE_DAYS: every edit of the source or jaxlib upgrade leaves one behind (0.2-0.4 MB)."""
+  cutoff = time.time() - STALE_DAYS * 86_400
+  for old in cache.glob('cpu_attention-*.so'):
+    if old != keep and old.stat().st_mtime < cutoff:
+      old.unlink(missing_ok=True)
 
 
 @functools.cache
