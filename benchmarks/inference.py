@@ -124,7 +124,8 @@ def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction,
           net, oracle.decider, p, h0, context(c), valid)),
       'compacted': jax.jit(lambda p, h0, c, valid: compaction.compacted_loop(
           oracle, p, h0, context(c), valid,
-          buckets=compaction.bucket_sizes(h0.shape[0] * h0.shape[1], dense_fraction=dense_fraction))),
+          buckets=compaction.bucket_sizes(h0.shape[0] * h0.shape[1],
+                                          dense_fraction=dense_fraction))),
   }
   embed_and_readout = jax.jit(lambda p, tok: net.readout(p, net.embed(p, tok)))
   embed = jax.jit(net.embed)

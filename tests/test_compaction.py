@@ -15,7 +15,7 @@ from anira_jax.anira import Anira
 from anira_jax.deciders import scheduled as deciders_scheduled
 from anira_jax.model import layers
 
-BUCKETS = (9, 18)  # tokens of a batch (B·L = 24 or 36): iterations with <= 18 to compute run compacted
+BUCKETS = (9, 18)  # tokens of a batch (B·L = 24 or 36): iterations computing <= 18 run compacted
 
 
 def _batch(seed: int = 1):

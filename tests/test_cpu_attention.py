@@ -93,6 +93,13 @@ def test_ragged_rows_equal_the_full_causal_block(kernel, head_dim, keys):
                              rtol=1e-5)
 
 
+def test_ragged_rows_out_of_range_are_an_error(kernel):
+  args, _ = ragged_case(4, counts=[13, 7], keys=45, total=20, head_dim=32, heads=2)
+  q, k, v, positions, _ = args
+  with pytest.raises(Exception, match='row_starts must ascend'):
+    jax.block_until_ready(layers.attend_ragged(q, k, v, positions, jnp.asarray([0, 13, 21])))
+
+
 def test_vmapped_like_plain_jax(kernel):
   """Under vmap (PonderNet's loss maps over iterations) the mapped axis joins the batch."""
   q, k, v = _qkv(5, 2, 9, 9, 2, 16)

@@ -125,9 +125,9 @@ struct QueryTile {
   }
 };
 
+#define ANIRA_ARGS(...) __VA_ARGS__  // a list with commas, as one macro argument
 // One step of a 16 x 16 register transpose: rows r and r + S (r with bit S clear) swap their
 // off-diagonal S x S blocks.
-#define ANIRA_ARGS(...) __VA_ARGS__
 #define ANIRA_TRANSPOSE_STEP(S, LO, HI)                          \
   for (int r = 0; r < 16; ++r) {                                 \
     if (r & S) continue;                                         \
@@ -510,6 +510,11 @@ ffi::Error RaggedForwardImpl(ffi::ThreadPool pool, F32 q, F32 k, F32 v, S32 posi
   const int64_t batch = kd[0], length = kd[1];
   if (row_starts.element_count() != static_cast<size_t>(batch) + 1)
     return ffi::Error::InvalidArgument("row_starts must have batch + 1 entries");
+  const int32_t* starts = row_starts.typed_data();
+  bool ascending = starts[0] == 0 && starts[batch] <= qd[0];
+  for (int64_t b = 0; b < batch; ++b) ascending = ascending && starts[b] <= starts[b + 1];
+  if (!ascending)
+    return ffi::Error::InvalidArgument("row_starts must ascend from 0 to at most the query count");
   return with_sizes(qd[2], length, [&]<int K, int KB>() {
     ragged_forward<K, KB>(pool, q.typed_data(), k.typed_data(), v.typed_data(),
                           positions.typed_data(), row_starts.typed_data(), out->typed_data(),
