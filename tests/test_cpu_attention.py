@@ -96,7 +96,7 @@ def test_ragged_rows_equal_the_full_causal_block(kernel, head_dim, keys):
 def test_ragged_rows_out_of_range_are_an_error(kernel):
   args, _ = ragged_case(4, counts=[13, 7], keys=45, total=20, head_dim=32, heads=2)
   q, k, v, positions, _ = args
-  with pytest.raises(Exception, match='row_starts must ascend'):
+  with pytest.raises(jax.errors.JaxRuntimeError, match='row_starts must ascend'):
     jax.block_until_ready(layers.attend_ragged(q, k, v, positions, jnp.asarray([0, 13, 21])))
 
 
