@@ -35,9 +35,10 @@ def median_seconds(fn, repeats: int) -> float:
   return float(np.median(times))
 
 
-def interleaved(steps: dict, repeats: int) -> dict[str, list[float]]:
-  """Wall seconds of each `fn()` (waited on), called in turn `repeats` times after one warm-up
-  each: a load that changes during the run hits all alike."""
+def interleaved(steps: dict, repeats: int) -> dict:
+  """{name: wall seconds of each call} for each `fn()` of `steps` ({name: fn}; waited on), called
+  in turn `repeats` times after one warm-up each: a load that changes during the run hits all
+  alike."""
   for fn in steps.values():
     jax.block_until_ready(fn())
   times = {name: [] for name in steps}

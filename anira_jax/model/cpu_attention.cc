@@ -522,26 +522,21 @@ ffi::Error RaggedForwardImpl(ffi::ThreadPool pool, F32 q, F32 k, F32 v, S32 posi
   });
 }
 
+// The arguments every entry point starts with: the thread pool, then q, k, v and q_positions.
+auto bind_attention() {
+  return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<S32>();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AniraAttentionForward, ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()  // q
-                                  .Arg<F32>()  // k
-                                  .Arg<F32>()  // v
-                                  .Arg<S32>()  // q_positions
-                                  .Ret<F32>()  // out
-                                  .Ret<F32>()  // logsumexp
+                              bind_attention()  // q, k, v [B, N, H, K], q_positions [B, S]
+                                  .Ret<F32>()   // out
+                                  .Ret<F32>()   // logsumexp
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AniraAttentionBackward, BackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()  // q
-                                  .Arg<F32>()  // k
-                                  .Arg<F32>()  // v
-                                  .Arg<S32>()  // q_positions
+                              bind_attention()
                                   .Arg<F32>()  // out
                                   .Arg<F32>()  // logsumexp
                                   .Arg<F32>()  // d out
@@ -551,13 +546,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(AniraAttentionBackward, BackwardImpl,
 );
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AniraRaggedAttentionForward, RaggedForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>()  // q [T, H, K]
-                                  .Arg<F32>()  // k [B, N, H, K]
-                                  .Arg<F32>()  // v [B, N, H, K]
-                                  .Arg<S32>()  // q_positions [T]
-                                  .Arg<S32>()  // row_starts [B + 1]
-                                  .Ret<F32>()  // out [T, H, K]
-                                  .Ret<F32>()  // logsumexp [T, H]
+                              bind_attention()  // q [T, H, K], k, v [B, N, H, K], q_positions [T]
+                                  .Arg<S32>()   // row_starts [B + 1]
+                                  .Ret<F32>()   // out [T, H, K]
+                                  .Ret<F32>()   // logsumexp [T, H]
 );
