@@ -8,9 +8,21 @@ Conventions every task follows:
 - token id 0 is padding (`PAD`); `vocab[0] == '<pad>'`;
 - `targets[i]` is what the model must predict at position i (next token for language-style tasks,
   a per-position label for parity); it is only scored where `loss_mask[i]` is true;
+- **annotations sit at the position whose prediction they describe.** The depth a token runs at
+  position i decides the prediction of `targets[i]` (for language-style tasks, token i + 1), so
+  `complexity[i]` and `features[name][i]` describe that prediction: the token being predicted,
+  not the token being read. (An analysis that wants the token read at i takes the annotation at
+  i - 1: `analysis.alignment` reads a feature at any offset.)
 - `complexity[i]` is the ground-truth difficulty of position i (the value analyses correlate depth
   with, and the only annotation the `oracle` decider may read);
-- `features[name][i]` are further per-token annotations, for analysis only.
+- `features[name][i]` are further per-token annotations, for analysis only;
+- `annotated[i]` marks the positions where the annotations are defined and that count as real
+  predictions in the analyses (by default the scored positions, `loss_mask`).
+
+A task also owns its analysis metadata (class attributes below): which features the study
+correlates depth with, how they group for the decision-timing regression and its categorical
+control, and, where the answer is ambiguous, which feature holds the Bayes-optimal accuracy
+(the ceiling every accuracy is read against). Analyses read these; they never branch on a name.
 """
 
 from __future__ import annotations
@@ -34,11 +46,15 @@ class Example:
   loss_mask: np.ndarray  # bool: positions whose target is scored (answer tokens)
   complexity: np.ndarray  # float32
   features: dict[str, np.ndarray]  # name -> float32 [T]
+  annotated: np.ndarray | None = None  # bool: where annotations count; None = loss_mask
 
   def __post_init__(self):
     length = len(self.tokens)
+    if self.annotated is None:
+      object.__setattr__(self, 'annotated', np.asarray(self.loss_mask, bool))
     for name, array in [('targets', self.targets), ('loss_mask', self.loss_mask),
-                        ('complexity', self.complexity), *self.features.items()]:
+                        ('complexity', self.complexity), ('annotated', self.annotated),
+                        *self.features.items()]:
       if array.shape != (length,):
         raise ValueError(f'{name} has shape {array.shape}, expected ({length},)')
 
@@ -48,6 +64,15 @@ class Task(abc.ABC):
 
   name: ClassVar[str]
   feature_names: ClassVar[tuple[str, ...]] = ()
+  # The features alignment reports first (the paper's headline feature leads), besides complexity.
+  alignment_features: ClassVar[tuple[str, ...]] = ()
+  # Decision timing: feature groups regressed together (e.g. static structure vs execution
+  # state) and the categorical control; no groups = the task has no timing analysis.
+  feature_groups: ClassVar[dict[str, tuple[str, ...]]] = {}
+  timing_control: ClassVar[str | None] = None
+  # A feature in [0, 1] holding the Bayes-optimal predictor's expected accuracy at each position,
+  # for tasks whose answer is ambiguous; None = the ceiling is 1.
+  ceiling_feature: ClassVar[str | None] = None
 
   @property
   @abc.abstractmethod
@@ -78,14 +103,16 @@ def make_batch(examples: Sequence[Example], sizes: Sequence[int], seq_len: int,
                feature_names: Sequence[str]) -> dict[str, np.ndarray]:
   """Pads examples to `seq_len` on the right and stacks them into a batch of numpy arrays.
 
-  Returns a dict with `tokens`, `targets` [B, seq_len] int32, `loss_mask` [B, seq_len] bool,
-  `complexity` [B, seq_len] float32, `size` [B] int32, and `features` {name: [B, seq_len]}.
+  Returns a dict with `tokens`, `targets` [B, seq_len] int32, `loss_mask` and `annotated`
+  [B, seq_len] bool, `complexity` [B, seq_len] float32, `size` [B] int32, and `features`
+  {name: [B, seq_len]}.
   Right padding keeps causal attention from ever reading a pad token from a real one.
   """
   batch_size = len(examples)
   tokens = np.full((batch_size, seq_len), PAD, np.int32)
   targets = np.zeros((batch_size, seq_len), np.int32)
   loss_mask = np.zeros((batch_size, seq_len), bool)
+  annotated = np.zeros((batch_size, seq_len), bool)
   complexity = np.zeros((batch_size, seq_len), np.float32)
   features = {name: np.zeros((batch_size, seq_len), np.float32) for name in feature_names}
   for b, ex in enumerate(examples):
@@ -95,10 +122,12 @@ def make_batch(examples: Sequence[Example], sizes: Sequence[int], seq_len: int,
     tokens[b, :n] = ex.tokens
     targets[b, :n] = ex.targets
     loss_mask[b, :n] = ex.loss_mask
+    annotated[b, :n] = ex.annotated
     complexity[b, :n] = ex.complexity
     for name in feature_names:
       features[name][b, :n] = ex.features[name]
-  return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, complexity=complexity,
+  return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, annotated=annotated,
+              complexity=complexity,
               size=np.asarray(sizes, np.int32), features=features)
 
 
