@@ -83,6 +83,13 @@ class Task(abc.ABC):
   def sample(self, rng: np.random.Generator, size: int) -> Example:
     """One example at difficulty `size`, drawn only from `rng`."""
 
+  def annotate(self, example: Example, sizes: Sequence[int]) -> Example:
+    """`example` with the annotations too costly for training streams (e.g. a parser's), which
+    only evaluation and analysis need. `sizes` are the sizes the example's stream draws from
+    uniformly: the distribution a Bayes-optimal reader of the example would know. Default: none."""
+    del sizes
+    return example
+
   @abc.abstractmethod
   def seq_len(self, max_size: int) -> int:
     """An upper bound on the length of any example of size <= max_size."""
@@ -125,7 +132,8 @@ def make_batch(examples: Sequence[Example], sizes: Sequence[int], seq_len: int,
     annotated[b, :n] = ex.annotated
     complexity[b, :n] = ex.complexity
     for name in feature_names:
-      features[name][b, :n] = ex.features[name]
+      if name in ex.features:  # absent: an annotation the stream skipped (Task.annotate)
+        features[name][b, :n] = ex.features[name]
   return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, annotated=annotated,
               complexity=complexity,
               size=np.asarray(sizes, np.int32), features=features)
@@ -137,7 +145,8 @@ class Stream:
 
   Batch `step` on host `host_index` depends only on (seed, step, host_index): resuming at any step
   or adding hosts never changes what another (step, host) sees, and no global RNG is touched.
-  Each example's size is drawn uniformly from `sizes`.
+  Each example's size is drawn uniformly from `sizes`. Training streams skip the costly
+  analysis-only annotations (`annotate=False`: those features are 0).
   """
 
   task: Task
@@ -147,6 +156,7 @@ class Stream:
   host_index: int = 0
   host_count: int = 1
   seq_len: int | None = None  # defaults to task.seq_len(max(sizes))
+  annotate: bool = True  # add `Task.annotate`'s features
 
   def __post_init__(self):
     if not self.sizes:
@@ -166,6 +176,8 @@ class Stream:
     rng = np.random.default_rng([self.seed, step, self.host_index, self.host_count])
     sizes = rng.choice(np.asarray(self.sizes), size=self.batch_size)
     examples = [self.task.sample(rng, int(s)) for s in sizes]
+    if self.annotate:
+      examples = [self.task.annotate(ex, self.sizes) for ex in examples]
     return make_batch(examples, sizes, self.length, self.task.feature_names)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
