@@ -11,10 +11,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from anira_jax import host_memory
+from anira_jax import checkpoint, host_memory
 from anira_jax.analysis import run as analysis_run
-from anira_jax.config import ConfigError
-from anira_jax.training import checkpoint, loop
+from anira_jax.options import ConfigError
+from anira_jax.training import loop, preemption
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, optionally with a variant: FILE.py:ARG.',
@@ -68,7 +68,7 @@ def main(argv):
       loop.train_and_evaluate(_CONFIG.value, workdir)
   except (ConfigError, checkpoint.CheckpointError, loop.NonFiniteLossError) as e:
     sys.exit(f'error: {e}')
-  except loop.Preempted as e:
+  except preemption.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr, flush=True)
     sys.exit(PREEMPTED_EXIT_CODE)
 

@@ -12,9 +12,9 @@ from typing import NamedTuple
 
 import jax
 
-from anira_jax import deciders, recurrence
-from anira_jax.config import DeciderConfig, ModelConfig
+from anira_jax import deciders, options, recurrence
 from anira_jax.model import Network
+from anira_jax.model.config import ModelConfig
 
 PATHS = ('unroll', 'loop')
 
@@ -25,13 +25,13 @@ class Output(NamedTuple):
 
 
 class Anira:
-  """One ModelConfig + DeciderConfig; holds no parameters."""
+  """One ModelConfig and one decider (its registry name and options); holds no parameters."""
 
-  def __init__(self, model: ModelConfig, decider: DeciderConfig):
+  def __init__(self, model: ModelConfig, decider: str,
+               decider_options: options.Options | None = None):
     self.model_cfg = model
-    self.decider_cfg = decider
     self.network = Network(model)
-    self.decider = deciders.make(decider, model)
+    self.decider = deciders.make(decider, model, decider_options)
 
   def init(self, key: jax.Array) -> dict:
     k_model, k_decider = jax.random.split(key)
@@ -47,12 +47,8 @@ class Anira:
     """
     if path not in PATHS:
       raise ValueError(f'path={path!r}; choose one of {PATHS}')
-    max_depth = max_depth or self.model_cfg.max_depth
-    if self.model_cfg.kind == 'standard' and max_depth != self.model_cfg.max_depth:
-      raise ValueError('a standard (unshared) model has exactly max_depth layers; '
-                       f'it cannot run {max_depth}')
-    ctx = deciders.Context(train=train, key=key, max_depth=max_depth,
-                           complexity_BxL=complexity_BxL if self.decider.reads_complexity else None)
+    ctx = recurrence.context(self.decider, self.model_cfg, train=train, key=key,
+                             complexity_BxL=complexity_BxL, max_depth=max_depth)
     h0_BxLxD = self.network.embed(params['model'], tokens_BxL)
     if path == 'unroll':
       trajectory = recurrence.unroll(self.network, self.decider, params, h0_BxLxD, ctx,
@@ -70,4 +66,3 @@ class Anira:
 
 def num_params(tree) -> int:
   return sum(x.size for x in jax.tree.leaves(tree))
-

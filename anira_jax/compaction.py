@@ -1,50 +1,33 @@
 """Compacted inference: each iteration computes only the tokens that need it (DESIGN §4).
 
 The masked inference loop (`recurrence.loop`) runs the core on every token at every iteration
-and keeps the new state only where the decider says "run". Here each iteration instead gathers
-the tokens that must be computed into a buffer of static size S (a *bucket*), runs the core's
-layers on that buffer with their queries attending over a per-token key/value cache of the
-whole sequence (causal by original position), and scatters the new states back. Work per
-iteration is ∝ S, so a batch whose tokens mostly exit early costs ∝ Σ d_i, not n · max d.
-Logits, depths and q equal the masked path's (tested for every decider).
+and keeps the new state only where the decider says "run". Here each iteration gathers the
+tokens that must be computed into a buffer of static size S (a *bucket*), runs the core's layers
+on it with queries attending over a per-token key/value cache of the whole sequence (causal by
+original position), and scatters the new states back: work ∝ Σ d_i, not n · max d. Logits,
+depths and q equal the masked path's (tested for every decider).
 
-What must be computed at iteration t. The masked path defines a frozen token's keys/values as
-those of its frozen state *at iteration t*; this module reproduces that exactly:
-- `active`: real (non-padding) tokens the decider runs at t. Their states change.
-- layer-1 keys/values are a function of the token's own state alone. In the compacted phase the
-  cache holds them for every token's current state: a compacted step projects only queries for
-  layer 1 and, once it has the new states of its active tokens, writes their keys/values (the
-  next iteration's, and a token that just froze keeps those). One dense keys/values-only pass
-  makes the cache current when the dense phase hands over.
-- with `core_layers` > 1 the keys/values of layer 2.. of a frozen token j depend on what its
-  layer-1 query read, i.e. on every token k <= j. They are stale whenever some k <= j changed
-  state, so those frozen tokens are recomputed too (their state is not updated): the compute
-  set is `active | (valid & cumulative-or of dirty along the sequence)`. Exact, but a
-  multi-layer core saves work only where the still-running tokens are late in the sequence.
-- with an iteration embedding (or the `standard` unshared core), every frozen token's layer-1
-  keys/values change each iteration (x = h + h0 + e_t); they are re-projected for the whole
-  sequence at the start of each compacted iteration (keys/values only, ~1/6 of a block) and,
-  with more than one layer, the whole sequence is recomputed, i.e. the dense path.
+What iteration t must compute, so that a frozen token's keys/values are those of its frozen
+state at iteration t, as in the masked path:
+- the `active` tokens (real tokens the decider runs at t); their states change;
+- layer-1 keys/values depend on the token's own state alone: the cache holds them for every
+  token's current state, written when a token's state changes (one dense keys/values-only pass
+  makes it current when the dense phase hands over);
+- with `core_layers` > 1, a frozen token j's deeper keys/values depend on what its layer-1 query
+  read, i.e. on every token k <= j, so frozen tokens after a changed one are recomputed too
+  (states unchanged): exact, but a multi-layer core saves work only late in the sequence;
+- with an iteration embedding (or the `standard` unshared core) every frozen token's layer-1
+  keys/values change with t: they are re-projected for the whole sequence each iteration.
 
-Buckets and the dense fall-back. The compute set's size is known only on device (for online
-deciders it shrinks as tokens halt), so the recurrence stays on device, with no host round trip
-per iteration and one compilation per (batch, length) shape, as `lax.while_loop`s in turn:
-- a dense phase, while the batch's compute set exceeds `dense_fraction` of its B · L tokens:
-  the ordinary full-sequence block, no conditionals — a batch in which no token halts costs the
-  masked loop plus writing the key/value cache;
-- then (active sets only shrink) one compacted loop per bucket size S, largest first, each
-  running while the compute set fits S but not the next smaller size. The sizes are a geometric
-  ladder (growth 1.25, multiples of 8, up to the dense threshold; see `bucket_sizes`), so above
-  ~64 tokens a buffer wastes at most ~1/5 of its slots. (A single loop whose body picked the
-  step with `lax.switch` copied the caches into and out of the chosen branch every iteration:
-  ~0.5 ms an iteration at L = 512.)
-Nothing recompiles across batches of one shape whatever the active counts (tested).
-
-A buffer holds the compute sets of all rows, row after row in position order, so S covers the
-batch's total: a [B, S] buffer would pad every row to the one with the most tokens left, which
-at L = 512 and mean depth 2 cost ~1/5 more slots. The non-attention work runs on the flat
-buffer; attention (`layers.attend_ragged`) reads each row's queries from it and attends over
-that row's cached keys up to each query's own position (the CPU kernel skips the later keys).
+The compute set's size is known only on device, so the recurrence stays there (one compilation
+per (batch, length) shape, no host round trip per iteration) as `lax.while_loop`s in turn: a
+dense phase (the ordinary full-sequence block) while the compute set exceeds `dense_fraction`
+of the B · L tokens, then one compacted loop per bucket size, largest first, each running while
+the compute set fits its size but not the next smaller one (sizes: `bucket_sizes`). A buffer
+holds the compute sets of all rows, row after row, so S covers the batch's total rather than B
+times the busiest row; attention (`layers.attend_ragged`) reads each row's queries from it.
+Nothing recompiles across batches of one shape (tested). How these choices were measured:
+docs/performance.md.
 
 Padding (token id 0) never runs (its state stays h0, its depth 0) and is not gathered; it must
 trail the real tokens (every task here right-pads), and padding positions' logits and depths
@@ -53,6 +36,7 @@ are meaningless, as in the masked loop.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -116,12 +100,32 @@ def _scatter(x_Nx: jax.Array, idx_S: jax.Array, values_Sx: jax.Array) -> jax.Arr
   return x_Nx.at[idx_S].set(values_Sx.astype(x_Nx.dtype), mode='drop', unique_indices=True)
 
 
+class _Env(NamedTuple):
+  """What every step of one compacted pass reads and never changes."""
+
+  anira: Anira
+  params: dict
+  h0_BxLxD: jax.Array
+  ctx: deciders.Context
+  valid_BxL: jax.Array
+  rotary_L: layers.Rotary  # RoPE at every position, looked up for gathered tokens
+  stale_every_iteration: bool  # frozen tokens' layer-1 keys/values change with t
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return self.h0_BxLxD.shape[:2]
+
+  @property
+  def tokens(self) -> int:
+    return self.h0_BxLxD.shape[0] * self.h0_BxLxD.shape[1]
+
+
 class _Carry(NamedTuple):
   t: jax.Array  # iterations done
   h_BxLxD: jax.Array
   state: dict
   depth_BxL: jax.Array
-  # The plan of iteration t + 1, made when iteration t ends (`plan`), so that the loops'
+  # The plan of iteration t + 1, made when iteration t ends (`_plan`), so that the loops'
   # conditions are scalar compares:
   active_BxL: jax.Array  # real tokens that run it: their states change
   compute_BxL: jax.Array  # tokens it computes: the active ones and stale frozen ones
@@ -132,157 +136,177 @@ class _Carry(NamedTuple):
   work: Work
 
 
+def _flat(x_BxLx: jax.Array) -> jax.Array:
+  """[B, L, ...] -> [B·L, ...]."""
+  return x_BxLx.reshape((-1,) + x_BxLx.shape[2:])
+
+
+def _scatter_rows(x_BxLx: jax.Array, idx_T: jax.Array, values_1xTx: jax.Array) -> jax.Array:
+  """x with flat positions idx[s] set to values[0, s]; out-of-range indices are dropped."""
+  return _scatter(_flat(x_BxLx), idx_T, values_1xTx[0]).reshape(x_BxLx.shape)
+
+
+def _dense_step(env: _Env, t, active_BxL, h_BxLxD, k_cache, v_cache):
+  """The full-sequence core (Block.__call__ in pieces), caching the keys/values of layers 2..
+  (layer 1's are rewritten by the `_refresh` that runs before compacted steps)."""
+  net, cfg = env.anira.network, env.anira.model_cfg
+  positions_L = jnp.arange(env.shape[1])
+  cache_dtype = jnp.dtype(cfg.dtype)
+  x_BxLxD = x0_BxLxD = net.core_input(env.params['model'], h_BxLxD, env.h0_BxLxD, t)
+  k_cache, v_cache = list(k_cache), list(v_cache)
+  for i, block in enumerate(net.core_blocks(env.params['model'], t)):
+    q, k, v = layers.project(cfg, block, x_BxLxD, positions_L)
+    if i > 0:
+      k_cache[i], v_cache[i] = k.astype(cache_dtype), v.astype(cache_dtype)
+    attn = layers.causal_attention(q, k, v)
+    x_BxLxD = layers.update(cfg, block, x_BxLxD, attn)
+  h_new_BxLxD = h_BxLxD + (x_BxLxD - x0_BxLxD)
+  h_BxLxD = jnp.where(active_BxL[..., None], h_new_BxLxD, h_BxLxD)
+  return h_BxLxD, tuple(k_cache), tuple(v_cache)
+
+
+def _refresh(env: _Env, t, h_BxLxD, k_cache, v_cache):
+  """Layer-1 keys/values of every token's current state at iteration t (one dense pass)."""
+  net, cfg = env.anira.network, env.anira.model_cfg
+  block = net.core_blocks(env.params['model'], t)[0]
+  x_BxLxD = net.core_input(env.params['model'], h_BxLxD, env.h0_BxLxD, t)
+  k, v = layers.keys_values(cfg, block, x_BxLxD, jnp.arange(env.shape[1]))
+  cache_dtype = jnp.dtype(cfg.dtype)
+  return ((k.astype(cache_dtype),) + tuple(k_cache[1:]),
+          (v.astype(cache_dtype),) + tuple(v_cache[1:]))
+
+
+def _compact_step(env: _Env, size: int, t, compute_BxL, active_BxL, h_BxLxD, k_cache, v_cache):
+  """The core on the compute set of every row gathered into one buffer of `size` tokens (row
+  by row, in order); only active tokens keep results. Layer 1 reads every token's
+  keys/values from the cache, current on entry."""
+  net, cfg, model = env.anira.network, env.anira.model_cfg, env.params['model']
+  length, tokens = env.shape[1], env.tokens
+  idx_T = _indices(_flat(compute_BxL), size)  # b·L + position; padding from B·L on
+  real_T = idx_T < tokens
+  # Padding slots read key 0 only, so the attention kernel's tiles of them stop at once.
+  pos_T = jnp.where(real_T, idx_T % length, 0)
+  row_starts_B1 = jnp.concatenate([jnp.zeros(1, jnp.int32),
+                                   jnp.cumsum(jnp.sum(compute_BxL, axis=1, dtype=jnp.int32))])
+  rot_1xT = layers.rotary_at(env.rotary_L, pos_T[None])
+  # The layers take [batch, tokens, ...]: the buffer is one batch row of T tokens.
+  h_1xTxD = _gather(_flat(h_BxLxD), idx_T)[None]
+  h0_1xTxD = _gather(_flat(env.h0_BxLxD), idx_T)[None]
+  x_1xTxD = x0_1xTxD = net.core_input(model, h_1xTxD, h0_1xTxD, t)
+  blocks = net.core_blocks(model, t)
+  k_cache, v_cache = list(k_cache), list(v_cache)
+  for i, block in enumerate(blocks):
+    if i == 0:
+      q_1xTxHxK = layers.queries(cfg, block, x_1xTxD, rot_1xT)
+    else:
+      q_1xTxHxK, k, v = layers.project(cfg, block, x_1xTxD, rot_1xT)
+      k_cache[i] = _scatter_rows(k_cache[i], idx_T, k)
+      v_cache[i] = _scatter_rows(v_cache[i], idx_T, v)
+    attn_TxHxK = layers.attend_ragged(q_1xTxHxK[0], k_cache[i], v_cache[i], pos_T,
+                                      row_starts_B1)
+    x_1xTxD = layers.update(cfg, block, x_1xTxD, attn_TxHxK[None])
+  keep_T = jnp.where(_gather(_flat(active_BxL), idx_T) & real_T, idx_T,
+                     idx_T + tokens)  # distinct and out of range: dropped
+  h_new_1xTxD = h_1xTxD + (x_1xTxD - x0_1xTxD)
+  h_BxLxD = _scatter_rows(h_BxLxD, keep_T, h_new_1xTxD)
+  if not env.stale_every_iteration:  # the input h + h0 does not depend on t: write it now
+    x_new_1xTxD = net.core_input(model, h_new_1xTxD, h0_1xTxD, t + 1)
+    k, v = layers.keys_values(cfg, blocks[0], x_new_1xTxD, rot_1xT)
+    k_cache[0] = _scatter_rows(k_cache[0], keep_T, k)
+    v_cache[0] = _scatter_rows(v_cache[0], keep_T, v)
+  return h_BxLxD, tuple(k_cache), tuple(v_cache)
+
+
+def _plan(env: _Env, t, state, dirty_BxL):
+  """(active, compute, count) of iteration t + 1, as `_Carry` holds them; `dirty`: the tokens
+  whose states changed in iteration t."""
+  active_BxL, more = recurrence.active_next(env.anira.decider, state, t, env.ctx, env.valid_BxL)
+  if env.anira.model_cfg.core_layers > 1:
+    stale_prefix_BxL = jnp.cumsum(dirty_BxL, axis=1, dtype=jnp.int32) > 0
+    compute_BxL = active_BxL | (stale_prefix_BxL & env.valid_BxL)
+  else:
+    compute_BxL = active_BxL
+  return active_BxL, compute_BxL, jnp.where(more, jnp.sum(compute_BxL, dtype=jnp.int32), 0)
+
+
+def _advance(env: _Env, carry: _Carry, h_BxLxD, k_cache, v_cache, work: Work) -> _Carry:
+  """After the core ran iteration t = carry.t + 1: the decider observes every token's state
+  and the next iteration is planned."""
+  t = carry.t + 1
+  state = env.anira.decider.observe(env.params['decider'], carry.state, h_BxLxD, t)
+  dirty_BxL = env.valid_BxL if env.stale_every_iteration else carry.active_BxL
+  return _Carry(t, h_BxLxD, state, carry.depth_BxL + carry.active_BxL.astype(jnp.int32),
+                *_plan(env, t, state, dirty_BxL), k_cache, v_cache, work)
+
+
+def _dense_body(env: _Env, carry: _Carry) -> _Carry:
+  h_BxLxD, k_cache, v_cache = _dense_step(env, carry.t + 1, carry.active_BxL, carry.h_BxLxD,
+                                          carry.k_cache, carry.v_cache)
+  w = carry.work
+  work = w._replace(dense_iterations=w.dense_iterations + 1,
+                    token_slots=w.token_slots + env.tokens)
+  return _advance(env, carry, h_BxLxD, k_cache, v_cache, work)
+
+
+def _compacted_body(env: _Env, size: int, carry: _Carry) -> _Carry:
+  t, k_cache, v_cache = carry.t + 1, carry.k_cache, carry.v_cache
+  if env.stale_every_iteration:
+    k_cache, v_cache = _refresh(env, t, carry.h_BxLxD, k_cache, v_cache)
+  h_BxLxD, k_cache, v_cache = _compact_step(env, size, t, carry.compute_BxL, carry.active_BxL,
+                                            carry.h_BxLxD, k_cache, v_cache)
+  w = carry.work
+  work = w._replace(compacted_iterations=w.compacted_iterations + 1,
+                    token_slots=w.token_slots + size,
+                    refresh_slots=w.refresh_slots + env.tokens * env.stale_every_iteration)
+  return _advance(env, carry, h_BxLxD, k_cache, v_cache, work)
+
+
+def _refresh_carry(env: _Env, carry: _Carry) -> _Carry:
+  k_cache, v_cache = _refresh(env, carry.t + 1, carry.h_BxLxD, carry.k_cache, carry.v_cache)
+  work = carry.work._replace(refresh_slots=carry.work.refresh_slots + env.tokens)
+  return carry._replace(k_cache=k_cache, v_cache=v_cache, work=work)
+
+
+def _phases(env: _Env, buckets: tuple[int, ...], carry: _Carry) -> _Carry:
+  """Dense iterations while the compute set is above the largest bucket, then each bucket's
+  compacted iterations, largest first."""
+  dense_limit = buckets[-1] if buckets else 0  # compute sets larger than this run dense
+  carry = jax.lax.while_loop(lambda c: c.count > dense_limit,
+                             functools.partial(_dense_body, env), carry)
+  if not buckets:
+    return carry
+  if not env.stale_every_iteration:  # the cache holds the last dense iteration's inputs
+    carry = jax.lax.cond(carry.count > 0, functools.partial(_refresh_carry, env),
+                         lambda c: c, carry)
+  for smaller, size in reversed(list(zip((0, *buckets[:-1]), buckets))):
+    fits = lambda c, lo=smaller, hi=size: (lo < c.count) & (c.count <= hi)
+    carry = jax.lax.while_loop(fits, functools.partial(_compacted_body, env, size), carry)
+  return carry
+
+
 def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: deciders.Context,
                    valid_BxL: jax.Array, *, buckets: Sequence[int],
                    ) -> tuple[recurrence.Trajectory, Work]:
   """The inference recurrence of `recurrence.loop`, compacted. Same decider protocol:
   start, then per iteration runs → core (on the compute set) → observe(full h), then finish."""
-  net, decider, cfg = anira.network, anira.decider, anira.model_cfg
+  cfg = anira.model_cfg
   batch, length, _ = h0_BxLxD.shape
-  positions_L = jnp.arange(length)
-  rotary_L = layers.rotary(positions_L, cfg.head_dim)  # looked up for gathered tokens
-  cache_dtype = jnp.dtype(cfg.dtype)
+  env = _Env(anira, params, h0_BxLxD, ctx, valid_BxL,
+             rotary_L=layers.rotary(jnp.arange(length), cfg.head_dim),
+             stale_every_iteration=cfg.iteration_embedding or cfg.kind == 'standard')
   kv_shape = (batch, length, cfg.num_heads, cfg.head_dim)
-  stale_every_iteration = cfg.iteration_embedding or cfg.kind == 'standard'
-  dense_limit = buckets[-1] if buckets else 0  # compute sets larger than this run dense
-
-  def dense_step(t, active_BxL, h_BxLxD, k_cache, v_cache):
-    """The full-sequence core (Block.__call__ in pieces), caching the keys/values of layers 2..
-    (layer 1's are rewritten by the `refresh` that runs before compacted steps)."""
-    x_BxLxD = x0_BxLxD = net.core_input(params['model'], h_BxLxD, h0_BxLxD, t)
-    k_cache, v_cache = list(k_cache), list(v_cache)
-    for i, block in enumerate(net.core_blocks(params['model'], t)):
-      q, k, v = layers.project(cfg, block, x_BxLxD, positions_L)
-      if i > 0:
-        k_cache[i], v_cache[i] = k.astype(cache_dtype), v.astype(cache_dtype)
-      attn = layers.causal_attention(q, k, v)
-      x_BxLxD = layers.update(cfg, block, x_BxLxD, attn)
-    h_new_BxLxD = h_BxLxD + (x_BxLxD - x0_BxLxD)
-    h_BxLxD = jnp.where(active_BxL[..., None], h_new_BxLxD, h_BxLxD)
-    return h_BxLxD, tuple(k_cache), tuple(v_cache)
-
-  def refresh(t, h_BxLxD, k_cache, v_cache):
-    """Layer-1 keys/values of every token's current state at iteration t (one dense pass)."""
-    block = net.core_blocks(params['model'], t)[0]
-    x_BxLxD = net.core_input(params['model'], h_BxLxD, h0_BxLxD, t)
-    k, v = layers.keys_values(cfg, block, x_BxLxD, positions_L)
-    return ((k.astype(cache_dtype),) + tuple(k_cache[1:]),
-            (v.astype(cache_dtype),) + tuple(v_cache[1:]))
-
-  tokens = batch * length
-  flat = lambda x_BxLx: x_BxLx.reshape((tokens,) + x_BxLx.shape[2:])  # [B·L, ...]
-
-  def compact_step(size, t, compute_BxL, active_BxL, h_BxLxD, k_cache, v_cache):
-    """The core on the compute set of every row gathered into one buffer of `size` tokens (row
-    by row, in order); only active tokens keep results. Layer 1 reads every token's
-    keys/values from the cache, current on entry."""
-    idx_T = _indices(flat(compute_BxL), size)  # b·L + position; padding from B·L on
-    real_T = idx_T < tokens
-    # Padding slots read key 0 only, so the attention kernel's tiles of them stop at once.
-    pos_T = jnp.where(real_T, idx_T % length, 0)
-    row_starts_B1 = jnp.concatenate([jnp.zeros(1, jnp.int32),
-                                     jnp.cumsum(jnp.sum(compute_BxL, axis=1, dtype=jnp.int32))])
-    rot_1xT = layers.rotary_at(rotary_L, pos_T[None])
-    # The layers take [batch, tokens, ...]: the buffer is one batch row of T tokens.
-    h_1xTxD, h0_1xTxD = _gather(flat(h_BxLxD), idx_T)[None], _gather(flat(h0_BxLxD), idx_T)[None]
-    x_1xTxD = x0_1xTxD = net.core_input(params['model'], h_1xTxD, h0_1xTxD, t)
-    blocks = net.core_blocks(params['model'], t)
-    scatter = lambda x_BxLx, idx_T, values_1xTx: _scatter(
-        flat(x_BxLx), idx_T, values_1xTx[0]).reshape(x_BxLx.shape)
-    k_cache, v_cache = list(k_cache), list(v_cache)
-    for i, block in enumerate(blocks):
-      if i == 0:
-        q_1xTxHxK = layers.queries(cfg, block, x_1xTxD, rot_1xT)
-      else:
-        q_1xTxHxK, k, v = layers.project(cfg, block, x_1xTxD, rot_1xT)
-        k_cache[i], v_cache[i] = scatter(k_cache[i], idx_T, k), scatter(v_cache[i], idx_T, v)
-      attn_TxHxK = layers.attend_ragged(q_1xTxHxK[0], k_cache[i], v_cache[i], pos_T,
-                                        row_starts_B1)
-      x_1xTxD = layers.update(cfg, block, x_1xTxD, attn_TxHxK[None])
-    keep_T = jnp.where(_gather(flat(active_BxL), idx_T) & real_T, idx_T,
-                       idx_T + tokens)  # distinct and out of range: dropped
-    h_new_1xTxD = h_1xTxD + (x_1xTxD - x0_1xTxD)
-    h_BxLxD = scatter(h_BxLxD, keep_T, h_new_1xTxD)
-    if not stale_every_iteration:  # the input h + h0 does not depend on t: write it now
-      x_new_1xTxD = net.core_input(params['model'], h_new_1xTxD, h0_1xTxD, t + 1)
-      k, v = layers.keys_values(cfg, blocks[0], x_new_1xTxD, rot_1xT)
-      k_cache[0], v_cache[0] = scatter(k_cache[0], keep_T, k), scatter(v_cache[0], keep_T, v)
-    return h_BxLxD, tuple(k_cache), tuple(v_cache)
-
-  def plan(t, state, dirty_BxL):
-    """(active, compute, count) of iteration t + 1, as `_Carry` holds them; `dirty`: the tokens
-    whose states changed in iteration t."""
-    active_BxL = (decider.runs(state, jnp.minimum(t + 1, ctx.max_depth)) > 0.5) & valid_BxL
-    if cfg.core_layers > 1:
-      stale_prefix_BxL = jnp.cumsum(dirty_BxL, axis=1, dtype=jnp.int32) > 0
-      compute_BxL = active_BxL | (stale_prefix_BxL & valid_BxL)
-    else:
-      compute_BxL = active_BxL
-    more = (t < ctx.max_depth) & jnp.any(active_BxL)
-    return active_BxL, compute_BxL, jnp.where(more, jnp.sum(compute_BxL, dtype=jnp.int32), 0)
-
-  def advance(carry: _Carry, h_BxLxD, k_cache, v_cache, work: Work) -> _Carry:
-    """After the core ran iteration t = carry.t + 1: the decider observes every token's state
-    and the next iteration is planned."""
-    t = carry.t + 1
-    state = decider.observe(params['decider'], carry.state, h_BxLxD, t)
-    dirty_BxL = valid_BxL if stale_every_iteration else carry.active_BxL
-    return _Carry(t, h_BxLxD, state, carry.depth_BxL + carry.active_BxL.astype(jnp.int32),
-                  *plan(t, state, dirty_BxL), k_cache, v_cache, work)
-
-  def dense_body(carry: _Carry) -> _Carry:
-    h_BxLxD, k_cache, v_cache = dense_step(carry.t + 1, carry.active_BxL, carry.h_BxLxD,
-                                           carry.k_cache, carry.v_cache)
-    w = carry.work
-    work = w._replace(dense_iterations=w.dense_iterations + 1,
-                      token_slots=w.token_slots + batch * length)
-    return advance(carry, h_BxLxD, k_cache, v_cache, work)
-
-  def compacted_body(size: int):
-    def body(carry: _Carry) -> _Carry:
-      t, k_cache, v_cache = carry.t + 1, carry.k_cache, carry.v_cache
-      if stale_every_iteration:
-        k_cache, v_cache = refresh(t, carry.h_BxLxD, k_cache, v_cache)
-      h_BxLxD, k_cache, v_cache = compact_step(size, t, carry.compute_BxL, carry.active_BxL,
-                                               carry.h_BxLxD, k_cache, v_cache)
-      w = carry.work
-      work = w._replace(compacted_iterations=w.compacted_iterations + 1,
-                        token_slots=w.token_slots + size,
-                        refresh_slots=w.refresh_slots + batch * length * stale_every_iteration)
-      return advance(carry, h_BxLxD, k_cache, v_cache, work)
-    return body
-
-  def refresh_carry(carry: _Carry) -> _Carry:
-    k_cache, v_cache = refresh(carry.t + 1, carry.h_BxLxD, carry.k_cache, carry.v_cache)
-    work = carry.work._replace(refresh_slots=carry.work.refresh_slots + batch * length)
-    return carry._replace(k_cache=k_cache, v_cache=v_cache, work=work)
-
-  zeros = lambda: tuple(jnp.zeros(kv_shape, cache_dtype) for _ in range(cfg.core_layers))
+  zeros = lambda: tuple(jnp.zeros(kv_shape, jnp.dtype(cfg.dtype))
+                        for _ in range(cfg.core_layers))
   zero = jnp.int32(0)
-  state = decider.start(params['decider'], h0_BxLxD, ctx)
+  state = anira.decider.start(params['decider'], h0_BxLxD, ctx)
   init = _Carry(zero, h0_BxLxD, state, jnp.zeros((batch, length), jnp.int32),
-                *plan(zero, state, valid_BxL), zeros(), zeros(), Work(zero, zero, zero, zero))
-
-  def phases(carry: _Carry) -> _Carry:
-    """Dense iterations while the compute set is above the largest bucket, then each bucket's
-    compacted iterations, largest first."""
-    carry = jax.lax.while_loop(lambda c: c.count > dense_limit, dense_body, carry)
-    if not buckets:
-      return carry
-    if not stale_every_iteration:  # the cache holds the last dense iteration's inputs
-      carry = jax.lax.cond(carry.count > 0, refresh_carry, lambda c: c, carry)
-    for smaller, size in reversed(list(zip((0, *buckets[:-1]), buckets))):
-      fits = lambda c, lo=smaller, hi=size: (lo < c.count) & (c.count <= hi)
-      carry = jax.lax.while_loop(fits, compacted_body(size), carry)
-    return carry
-
-  # Active sets only shrink, so one pass of `phases` runs every iteration; a run set that grows
+                *_plan(env, zero, state, valid_BxL), zeros(), zeros(), Work(zero, zero, zero, zero))
+  # Active sets only shrink, so one pass of `_phases` runs every iteration; a run set that grows
   # past its bucket again (no decider's does) ends the pass early and the next one picks it up.
-  carry = jax.lax.while_loop(lambda c: c.count > 0, phases, init)
-  decision = decider.finish(params['decider'], carry.state, carry.h_BxLxD, carry.t,
-                            carry.depth_BxL)
-  readout = carry.h_BxLxD if decision.readout_BxLxD is None else decision.readout_BxLxD
-  trajectory = recurrence.Trajectory(readout, carry.depth_BxL, decision, carry.t, None)
+  carry = jax.lax.while_loop(lambda c: c.count > 0,
+                             functools.partial(_phases, env, tuple(buckets)), init)
+  trajectory = recurrence.finish(anira.decider, params, carry.state, carry.h_BxLxD,
+                                 carry.depth_BxL, carry.t)
   return trajectory, carry.work
 
 
@@ -306,17 +330,12 @@ def run_compacted(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
   Returns:
     CompactedOutput(logits_BxLxV, trajectory, work). Depths of padding positions are 0.
   """
-  cfg = anira.model_cfg
-  max_depth = max_depth or cfg.max_depth
-  if cfg.kind == 'standard' and max_depth != cfg.max_depth:
-    raise ValueError('a standard (unshared) model has exactly max_depth layers; '
-                     f'it cannot run {max_depth}')
+  ctx = recurrence.context(anira.decider, anira.model_cfg, train=False,
+                           complexity_BxL=complexity_BxL, max_depth=max_depth)
   tokens = tokens_BxL.size
   if buckets is None:
     buckets = bucket_sizes(tokens, dense_fraction=dense_fraction)
   buckets = tuple(sorted({int(s) for s in buckets if 1 <= s < tokens}))
-  ctx = deciders.Context(train=False, key=None, max_depth=max_depth,
-                         complexity_BxL=complexity_BxL if anira.decider.reads_complexity else None)
   h0_BxLxD = anira.network.embed(params['model'], tokens_BxL)
   trajectory, work = compacted_loop(anira, params, h0_BxLxD, ctx, tokens_BxL != 0,
                                     buckets=buckets)

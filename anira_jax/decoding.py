@@ -110,7 +110,10 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
   """Position `position` of every row: the new token's logits, depth and q, and the cache with
   its keys/values at every level. Positions must be decoded in order from 0."""
   net, decider, cfg = anira.network, anira.decider, anira.model_cfg
-  max_depth = max_depth or cfg.max_depth
+  complexity_Bx1 = None if complexity_B is None else complexity_B[:, None]
+  ctx = recurrence.context(decider, cfg, train=False, complexity_BxL=complexity_Bx1,
+                           max_depth=max_depth)
+  max_depth = ctx.max_depth
   position = jnp.asarray(position, jnp.int32)
   model = params['model']
 
@@ -128,14 +131,12 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
       core_k, core_v = _write(core_k, core_v, (t - 1, i), position, k, v)
     return h_Bx1xD + (x_Bx1xD - x0_Bx1xD), core_k, core_v
 
-  reads = decider.reads_complexity and complexity_B is not None
-  ctx = deciders.Context(train=False, key=None, max_depth=max_depth,
-                         complexity_BxL=complexity_B[:, None] if reads else None)
   state = decider.start(params['decider'], h0_Bx1xD, ctx)
+  every_row_Bx1 = jnp.ones(tokens_B.shape[:1] + (1,), bool)
 
   def more(carry):
     t, _, state, _, _, _ = carry
-    return (t < max_depth) & jnp.any(decider.runs(state, jnp.minimum(t + 1, max_depth)) > 0.5)
+    return recurrence.active_next(decider, state, t, ctx, every_row_Bx1)[1]
 
   def body(carry):
     t, h_Bx1xD, state, depth_Bx1, core_k, core_v = carry
@@ -167,8 +168,8 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
       return iteration(t, h_Bx1xD, *kv)[1:]
     core_k, core_v = jax.lax.fori_loop(t_end + 1, max_depth + 1, refresh, (core_k, core_v))
 
-  decision = decider.finish(params['decider'], state, h_Bx1xD, t_end, depth_Bx1)
-  readout_Bx1xD = h_Bx1xD if decision.readout_BxLxD is None else decision.readout_BxLxD
+  trajectory = recurrence.finish(decider, params, state, h_Bx1xD, depth_Bx1, t_end)
+  decision, readout_Bx1xD = trajectory.decision, trajectory.state_BxLxD
   y_Bx1xD, coda_k, coda_v = _stack(cfg, net.coda_blocks(model), readout_Bx1xD, position,
                                    cache.coda_k, cache.coda_v)
   logits_Bx1xV = net.readout_head(model, y_Bx1xD)

@@ -1,32 +1,81 @@
-"""Evaluation of a model on named splits of a task: accuracy and compute per split and size.
+"""Evaluation of a model on named splits of a task: its sets, its step, accuracy and compute.
 
-Runs the inference loop (`lax.while_loop`) batch by batch and aggregates on the host. The result
-for a split is the dictionary written into `results.json`:
+An evaluation set is the same fixed examples at every evaluation. Its data depend on the run's
+seed and the split's *name* (never its position among the splits), in either source:
+- `eval.source='stream'`: the procedural stream seeded with (seed + EVAL_SEED_OFFSET,
+  crc32(name));
+- `'tfds'`: a TFDS array_record dataset built once under `eval.data_dir` (default
+  WORKDIR/eval_sets), whose example j of split s is drawn from (seed + EVAL_SEED_OFFSET,
+  crc32(s), j), so other runs and tools can share the exact set.
 
-  token_accuracy, sequence_accuracy      over answer tokens (loss_mask), and whole answers
-  mean_depth, mean_expected_depth        executed depth, and E_q[d], over answer tokens
-  depth_histogram                        {depth: answer-token count}
-  execution_cost, decision_cost          Σ d_i and decision-head calls over real tokens (totals),
-                                         with per-token means
-  spearman_depth_complexity              Spearman ρ of executed depth vs the task's complexity
-  per_size                               the same accuracy and depth figures for every size
+`evaluate` runs the inference loop (`lax.while_loop`) batch by batch, gathers each split's
+per-token `Trace` on the host and reports `trace.split_results` per split: token and sequence
+accuracy, mean executed depth and E_q[d] over answer tokens, the depth histogram, execution and
+decision cost, Spearman ρ of depth against complexity, the same per size, and the loop's mean
+iteration count.
 """
 
 from __future__ import annotations
 
-import collections
 import functools
-from collections.abc import Iterable
+import pathlib
+import zlib
+from collections.abc import Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-import scipy.stats
+from jax.experimental import multihost_utils
 
+import tasks
+from anira_jax import sharding
+from anira_jax import trace as trace_lib
 from anira_jax.anira import Anira
-from anira_jax.training import sharding
-from anira_jax.training import step as step_lib
+from anira_jax.deciders import base as deciders_base
+from anira_jax.experiment import Experiment
 
+EVAL_SEED_OFFSET = 1_000_003  # evaluation data never shares a stream with training data
 DEVICE_KEYS = ('tokens', 'targets', 'loss_mask', 'complexity')
+
+Sets = dict[str, tuple[tuple[int, ...], Callable[[], Iterable[dict]]]]
+
+
+def split_seed(seed: int, name: str) -> tuple[int, int]:
+  """The stream seed of evaluation split `name` (or of any named set of sizes)."""
+  return seed + EVAL_SEED_OFFSET, zlib.crc32(name.encode('utf-8'))
+
+
+def split_stream(experiment: Experiment, name: str, sizes: tuple[int, ...],
+                 batch_size: int) -> tasks.Stream:
+  return tasks.Stream(experiment.task, sizes, batch_size,
+                      seed=split_seed(experiment.config.seed, name))
+
+
+def eval_sets(experiment: Experiment, workdir: str | pathlib.Path) -> Sets:
+  """{split: (sizes, () -> batches)}: the same fixed examples at every evaluation."""
+  config = experiment.config
+  count = config.eval.num_batches
+  if config.eval.source == 'tfds':
+    # Imported only when asked for: TFDS takes seconds to import.
+    from tasks import eval_sets as tfds_sets
+    build = functools.partial(
+        tfds_sets.build, config.task.name, config.task.options.to_dict(), experiment.splits,
+        config.seed + EVAL_SEED_OFFSET, count * config.eval.batch_size,
+        str(config.eval.data_dir or pathlib.Path(workdir) / 'eval_sets'))
+    if jax.process_index() == 0:  # one writer; the others then find the set and only read
+      build()
+    multihost_utils.sync_global_devices('anira_jax eval sets built')
+    builder = build()
+    return {name: (sizes, functools.partial(tfds_sets.load_batches, builder, name,
+                                            config.eval.batch_size))
+            for name, sizes in experiment.splits.items()}
+  result = {}
+  for name, sizes in experiment.splits.items():
+    stream = split_stream(experiment, name, sizes, config.eval.batch_size)
+    # Drawn once and kept: annotations can cost a parse per example (`Task.annotate`).
+    result[name] = (sizes, functools.cache(lambda stream=stream: [stream.batch(i)
+                                                                  for i in range(count)]))
+  return result
 
 
 def device_batch(batch: dict) -> dict:
@@ -50,82 +99,73 @@ def rows_over_mesh(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
   return out
 
 
-@functools.lru_cache(maxsize=None)
-def _jitted_eval_step(anira: Anira, max_depth: int | None, mesh):
-  # Replicated outputs, so every process can read them even when params are sharded.
-  out = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(functools.partial(step_lib.eval_step, anira=anira, max_depth=max_depth),
-                 out_shardings=out)
-
-
 def sampling_key(batch_index: int) -> jax.Array:
   """The key of evaluation batch `batch_index`, for rule='sample': fixed, so evaluation and
   inspection draw the same halting steps, and different for every batch."""
   return jax.random.fold_in(jax.random.key(0), batch_index)
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-  """Spearman ρ, or None when either side is constant (ρ is undefined)."""
-  if len(x) < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
-    return None
-  return float(scipy.stats.spearmanr(x, y).statistic)
+def eval_step(params: dict, batch: dict, key: jax.Array, *, anira: Anira,
+              max_depth: int | None = None) -> tuple[dict, jax.Array]:
+  """Per-token outcomes of the inference loop on one batch, for the host's `Trace`, and the
+  loop's iteration count; `key` is read only by rule='sample'."""
+  out = anira.apply(params, batch['tokens'], train=False, key=key,
+                    complexity_BxL=batch['complexity'], path='loop', max_depth=max_depth)
+  per_token = {
+      'correct': jnp.argmax(out.logits_BxLxV, -1) == batch['targets'],
+      'depth': out.trajectory.depth_BxL,
+      'expected_depth': deciders_base.expected_depth(out.trajectory.decision.q_BxLxT),
+      'head_calls': out.trajectory.decision.head_calls_BxL,
+  }
+  return per_token, out.trajectory.iterations
 
 
-def evaluate_batches(anira: Anira, params: dict, batches: Iterable[dict],
-                     max_depth: int | None = None, mesh=None) -> dict:
-  """The results dictionary of one split from its host batches (see the module docstring).
+@functools.lru_cache(maxsize=None)
+def _jitted_eval_step(anira: Anira, max_depth: int | None, mesh):
+  # Replicated outputs, so every process can read them even when params are sharded.
+  out = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(functools.partial(eval_step, anira=anira, max_depth=max_depth),
+                 out_shardings=out)
 
-  Every process passes the same batches. With a `mesh`, each batch's rows are split over its
-  devices and the outputs come back replicated to every process.
-  """
-  eval_step = _jitted_eval_step(anira, max_depth, mesh)
-  answer_depth, answer_expected, answer_complexity, answer_correct = [], [], [], []
-  per_size = collections.defaultdict(lambda: np.zeros(5))  # tokens, correct, seqs, ok seqs, depth
-  execution_cost = decision_cost = real_tokens = 0
-  iterations = []
+
+def trace_batches(anira: Anira, params: dict, batches: Iterable[dict],
+                  max_depth: int | None = None, mesh=None) -> tuple[trace_lib.Trace, float]:
+  """The per-token trace of the inference loop over host batches, and the loop's mean iteration
+  count per batch. Every process passes the same batches; with a `mesh`, each batch's rows are
+  split over its devices and the outputs come back replicated to every process."""
+  step = _jitted_eval_step(anira, max_depth, mesh)
+  traces, iterations = [], []
   for index, batch in enumerate(batches):
     arrays = device_batch(batch)
     rows = len(arrays['tokens'])
     if mesh is not None:
       arrays = rows_over_mesh(arrays, mesh)
-    out = jax.device_get(eval_step(params, arrays, sampling_key(index)))
-    # Per-row outputs lose the padding rows; scalars (the loop's iteration count) are the batch's.
-    out = {k: v[:rows] if np.ndim(v) else v for k, v in out.items()}
-    mask = batch['loss_mask']
-    real = batch['tokens'] != 0
-    answer_depth.append(out['depth'][mask])
-    answer_expected.append(out['expected_depth'][mask])
-    answer_complexity.append(batch['complexity'][mask])
-    answer_correct.append(out['correct'][mask])
-    execution_cost += int(out['depth'][real].sum())
-    decision_cost += int(out['head_calls'][real].sum())
-    real_tokens += int(real.sum())
-    iterations.append(int(out['iterations']))
-    wrong_per_seq = (mask & ~out['correct']).sum(-1)
-    for b, size in enumerate(batch['size']):
-      if mask[b].any():
-        per_size[int(size)] += [mask[b].sum(), (mask[b] & out['correct'][b]).sum(), 1,
-                                wrong_per_seq[b] == 0, out['depth'][b][mask[b]].sum()]
-  depth = np.concatenate(answer_depth)
-  correct = np.concatenate(answer_correct)
-  sequences = sum(v[2] for v in per_size.values())
-  histogram = collections.Counter(depth.tolist())
-  return {
-      'examples': int(sequences),
-      'answer_tokens': int(len(depth)),
-      'token_accuracy': float(correct.mean()) if len(correct) else None,
-      'sequence_accuracy': float(sum(v[3] for v in per_size.values()) / max(sequences, 1)),
-      'mean_depth': float(depth.mean()) if len(depth) else None,
-      'mean_expected_depth': float(np.concatenate(answer_expected).mean()) if len(depth) else None,
-      'depth_histogram': {int(d): int(n) for d, n in sorted(histogram.items())},
-      'execution_cost': execution_cost,
-      'execution_cost_per_token': execution_cost / max(real_tokens, 1),
-      'decision_cost': decision_cost,
-      'decision_cost_per_token': decision_cost / max(real_tokens, 1),
-      'spearman_depth_complexity': spearman(depth, np.concatenate(answer_complexity)),
-      'mean_loop_iterations': float(np.mean(iterations)),
-      'per_size': {size: {'examples': int(v[2]), 'token_accuracy': float(v[1] / max(v[0], 1)),
-                          'sequence_accuracy': float(v[3] / max(v[2], 1)),
-                          'mean_depth': float(v[4] / max(v[0], 1))}
-                   for size, v in sorted(per_size.items())},
-  }
+    per_token, loop_iterations = jax.device_get(step(params, arrays, sampling_key(index)))
+    per_token = {k: v[:rows] for k, v in per_token.items()}  # padding rows dropped
+    iterations.append(int(loop_iterations))
+    traces.append(trace_lib.Trace(
+        tokens=batch['tokens'], max_depth=max_depth or anira.model_cfg.max_depth,
+        loss_mask=batch['loss_mask'], annotated=batch.get('annotated'),
+        complexity=batch['complexity'], size=batch['size'], **per_token))
+  return trace_lib.concatenate(traces), float(np.mean(iterations))
+
+
+def evaluate_batches(anira: Anira, params: dict, batches: Iterable[dict],
+                     max_depth: int | None = None, mesh=None) -> dict:
+  """The results dictionary of one split from its host batches (see the module docstring)."""
+  trace, mean_iterations = trace_batches(anira, params, batches, max_depth, mesh)
+  return {**trace_lib.split_results(trace), 'mean_loop_iterations': mean_iterations}
+
+
+def evaluate(experiment: Experiment, params: dict, sets: Sets, step: int,
+             max_depth: int | None = None, mesh=None, anira: Anira | None = None) -> dict:
+  """results.json's content: one entry per split of `sets` (from `eval_sets`); `anira` replaces
+  the experiment's model (e.g. with another inference rule)."""
+  anira = anira or experiment.anira
+  splits = {name: {'sizes': list(sizes),
+                   **evaluate_batches(anira, params, batches(), max_depth, mesh)}
+            for name, (sizes, batches) in sets.items()}
+  config = experiment.config
+  return {'task': config.task.name, 'decider': config.decider.name, 'step': step,
+          'max_depth': max_depth or anira.model_cfg.max_depth,
+          'train_sizes': list(experiment.train_sizes), 'splits': splits}

@@ -6,14 +6,12 @@ the next call faults the same memory in again as fresh zeroed pages. Two setting
 `mallopt` before JAX creates its CPU client:
 
 - `keep`: never mmap, never trim. Freed memory stays with the arena that freed it and is reused.
-  Measured on the 2-core CPU: the default parity job's first 600 steps took 34–36 s instead of
-  38 s. It cannot reach blocks larger than a worker thread's arena heap (64 MB): glibc serves
-  those with mmap whatever the settings, e.g. the 84–210 MB temporaries of eight iterations at
-  L = 512, B = 16, which then still fault in ~20,000–50,000 pages per call.
+  It cannot reach blocks larger than a worker thread's arena heap (64 MB): glibc serves those
+  with mmap whatever the settings.
 - `single_arena`: `keep`, and one arena for every thread, so that those large blocks come from
-  the main heap and are reused too. A lone iteration at L = 512 took 68 ms instead of 98 ms and
-  the benchmark's train step ~5% less; but all threads then share one malloc lock, which made the
-  small, step-bound parity job 28% slower. For long sequences and large batches, not small models.
+  the main heap and are reused too; but all threads then share one malloc lock, which slows
+  small, step-bound jobs. For long sequences and large batches, not small models.
+Measurements: docs/performance.md.
 
 The process keeps its peak heap until it exits either way, as a training or benchmark process
 does anyway. Only host memory is concerned; on GPU/TPU hosts it changes little.

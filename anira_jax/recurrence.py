@@ -1,13 +1,23 @@
-"""Running the core per token: the training unroll and the inference loop (DESIGN §2.4, §4).
+"""Running the core per token: the execution protocol, the training unroll and the inference
+loop (DESIGN §2.4, §4).
 
-Both paths execute the same `_iteration`: ask the decider which tokens run iteration t, run the
-core on every token's current state (so a frozen token's keys and values are its frozen state),
-keep the new state only for running tokens, then let the decider observe. They differ only in
-control flow:
+Every executor — `unroll` and `loop` here, `compaction` and `decoding` beside — follows one
+protocol, whose shared start and end live here:
+- `context`: the decider's context, with T resolved (the trained D unless raised, and exactly D
+  for a `standard` model) and the complexity annotation passed only to deciders that read it;
+- per iteration t: which tokens run (`decider.runs`), the core on them, `decider.observe`;
+- `active_next`: the real tokens that run iteration t + 1 — the loops go on while there is one;
+- `finish`: the decider's decision and the state the coda reads (the exit state, or the
+  decider's own readout such as ACT's mixture).
+
+`unroll` and `loop` execute the same `_iteration`: run the core on every token's current state
+(so a frozen token's keys and values are its frozen state), keep the new state only for running
+tokens, then let the decider observe. They differ only in control flow:
 - `unroll`: `lax.scan` over all T iterations — reverse-differentiable, used for training;
 - `loop`: `lax.while_loop` that stops as soon as no real token runs the next iteration — the
   inference path; a batch whose tokens all halt at depth 1 runs one iteration, not T.
-Fed the same decisions, the two give the same states, depths and q (tested for every decider).
+Fed the same decisions, every executor gives the same states, depths and q (tested for every
+decider).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import jax.numpy as jnp
 
 from anira_jax.deciders import base as deciders_base
 from anira_jax.model import Network, layers
+from anira_jax.model.config import ModelConfig
 
 
 class Trajectory(NamedTuple):
@@ -31,17 +42,43 @@ class Trajectory(NamedTuple):
   states_TxBxLxD: jax.Array | None  # state after every iteration (when collected)
 
 
-def _iteration(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD, carry, t,
-               skip_idle: bool = False):
+def context(decider: deciders_base.Decider, model: ModelConfig, *, train: bool,
+            key: jax.Array | None = None, complexity_BxL: jax.Array | None = None,
+            max_depth: int | None = None) -> deciders_base.Context:
+  """The decider's context for one pass; `max_depth` raises (or lowers) T, the trained D by
+  default."""
+  max_depth = max_depth or model.max_depth
+  if model.kind == 'standard' and max_depth != model.max_depth:
+    raise ValueError('a standard (unshared) model has exactly max_depth layers; '
+                     f'it cannot run {max_depth}')
+  return deciders_base.Context(
+      train=train, key=key, max_depth=max_depth,
+      complexity_BxL=complexity_BxL if decider.reads_complexity else None)
+
+
+def active_next(decider: deciders_base.Decider, state, t: jax.Array, ctx: deciders_base.Context,
+                valid_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(the real tokens that run iteration t + 1 [B, L], whether any does and t < T) once t
+  iterations have run; padding (`valid` false) never keeps a loop going."""
+  active_BxL = (decider.runs(state, jnp.minimum(t + 1, ctx.max_depth)) > 0.5) & valid_BxL
+  return active_BxL, (t < ctx.max_depth) & jnp.any(active_BxL)
+
+
+def finish(decider: deciders_base.Decider, params: dict, state, h_BxLxD: jax.Array,
+           depth_BxL: jax.Array, t_end: jax.Array,
+           states_TxBxLxD: jax.Array | None = None) -> Trajectory:
+  """The decider's decision, and the state the coda reads: the exit state unless the decider
+  reads out its own (ACT's mixture)."""
+  decision = decider.finish(params['decider'], state, h_BxLxD, t_end, depth_BxL)
+  readout = h_BxLxD if decision.readout_BxLxD is None else decision.readout_BxLxD
+  return Trajectory(readout, depth_BxL, decision, t_end, states_TxBxLxD)
+
+
+def _iteration(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD, carry, t):
   h_BxLxD, state, depth_BxL = carry
   run_BxL = decider.runs(state, t)
   hard_BxL = run_BxL > 0.5
-  if skip_idle:
-    # Stays differentiable (unlike a while_loop): an iteration no token runs costs nothing.
-    h_new_BxLxD = jax.lax.cond(jnp.any(hard_BxL), net.core, lambda p, h, *_: h,
-                               params['model'], h_BxLxD, h0_BxLxD, t)
-  else:
-    h_new_BxLxD = net.core(params['model'], h_BxLxD, h0_BxLxD, t)
+  h_new_BxLxD = net.core(params['model'], h_BxLxD, h0_BxLxD, t)
   # Forward: exactly where(run, new, old). Backward: h + m·(new − old), the straight-through
   # path by which a decider learns what running (or skipping) iteration t would change.
   surrogate_BxL = run_BxL - jax.lax.stop_gradient(run_BxL)
@@ -52,23 +89,12 @@ def _iteration(net: Network, decider: deciders_base.Decider, params: dict, h0_Bx
   return h_BxLxD, state, depth_BxL
 
 
-def _finish(decider, params, h_BxLxD, state, depth_BxL, t_end, states_TxBxLxD):
-  decision = decider.finish(params['decider'], state, h_BxLxD, t_end, depth_BxL)
-  readout = h_BxLxD if decision.readout_BxLxD is None else decision.readout_BxLxD
-  return Trajectory(readout, depth_BxL, decision, t_end, states_TxBxLxD)
-
-
-# What the training unroll keeps from each iteration's forward pass for the backward pass: the
+# What the training unroll keeps from each iteration's forward pass for its backward pass: the
 # outputs of the weight matmuls (q/k/v, output projection, MLP in and out, decision heads) and
-# attention's output and row log-sum-exp (small: [B, L, H, K] and [B, L, H], in either
-# layout; `layers.causal_attention`'s own backward passes recompute the probabilities from
-# them), not the elementwise intermediates around them (norm statistics, RoPE, GELU's tanh
-# terms, the freezing mask). Without a policy `lax.scan` stacks every intermediate of every
-# iteration into [T, ...] buffers; on XLA:CPU that stacking (zero-filled, freshly page-faulted
-# memory, written then read back each step) was much of why the backward pass cost ~5x the
-# forward; this policy cut the whole train step by ~25% (benchmarks/train_step.py). On
-# accelerators it is the usual memory-for-recompute trade. The function is the same: only
-# what is stored changes.
+# attention's output and row log-sum-exp (`layers.causal_attention`'s backward pass recomputes
+# the probabilities from them), not the elementwise intermediates around them (norm statistics,
+# RoPE, GELU, the freezing mask), which are recomputed. The function is the same either way;
+# why this is the default on CPU is in docs/performance.md.
 RESIDUALS_POLICY = jax.checkpoint_policies.save_from_both_policies(
     jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     jax.checkpoint_policies.save_only_these_names(layers.ATTENTION_OUT,
@@ -76,14 +102,14 @@ RESIDUALS_POLICY = jax.checkpoint_policies.save_from_both_policies(
 
 
 def unroll(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD: jax.Array,
-           ctx: deciders_base.Context, *, collect_states: bool = False, remat: bool = False,
-           skip_idle: bool = False) -> Trajectory:
+           ctx: deciders_base.Context, *, collect_states: bool = False,
+           remat: bool = False) -> Trajectory:
   """All T iterations with `lax.scan` and per-token freezing (the training path)."""
   state = decider.start(params['decider'], h0_BxLxD, ctx)
   depth_BxL = jnp.zeros(h0_BxLxD.shape[:2], jnp.int32)
 
   def step(carry, t):
-    carry = _iteration(net, decider, params, h0_BxLxD, carry, t, skip_idle)
+    carry = _iteration(net, decider, params, h0_BxLxD, carry, t)
     return carry, (carry[0] if collect_states else None)
 
   # Always a checkpoint: `remat` recomputes the whole iteration in the backward pass; otherwise
@@ -92,7 +118,7 @@ def unroll(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD:
   steps_T = jnp.arange(1, ctx.max_depth + 1, dtype=jnp.int32)
   (h_BxLxD, state, depth_BxL), states = jax.lax.scan(
       step, (h0_BxLxD, state, depth_BxL), steps_T)
-  return _finish(decider, params, h_BxLxD, state, depth_BxL, jnp.int32(ctx.max_depth), states)
+  return finish(decider, params, state, h_BxLxD, depth_BxL, jnp.int32(ctx.max_depth), states)
 
 
 def loop(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD: jax.Array,
@@ -109,8 +135,7 @@ def loop(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD: j
 
   def more(carry):
     t, _, state, _, _ = carry
-    next_runs = decider.runs(state, jnp.minimum(t + 1, ctx.max_depth)) > 0.5
-    return (t < ctx.max_depth) & jnp.any(next_runs & valid_BxL)
+    return active_next(decider, state, t, ctx, valid_BxL)[1]
 
   def body(carry):
     t, h_BxLxD, state, depth_BxL, states = carry
@@ -129,4 +154,4 @@ def loop(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD: j
                                states_TxBxLxD)
   else:
     states_TxBxLxD = None
-  return _finish(decider, params, h_BxLxD, state, depth_BxL, t_end, states_TxBxLxD)
+  return finish(decider, params, state, h_BxLxD, depth_BxL, t_end, states_TxBxLxD)

@@ -8,11 +8,9 @@ import json
 import math
 import pathlib
 
-import matplotlib
+import tensorboardX
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
-import tensorboardX  # noqa: E402
+from anira_jax.analysis import figures
 
 
 class MetricWriter:
@@ -34,8 +32,9 @@ class MetricWriter:
     self._tb.close()
 
 
-def _fmt(value, digits=3) -> str:
-  return '-' if value is None else f'{value:.{digits}f}'
+def fmt(value, digits: int = 3) -> str:
+  """A figure for a table: `digits` decimals, '–' when undefined (None)."""
+  return '–' if value is None else f'{value:.{digits}f}'
 
 
 def table(results: dict) -> str:
@@ -45,10 +44,10 @@ def table(results: dict) -> str:
   lines = [head, '-' * len(head)]
   for name, r in results['splits'].items():
     sizes = f'{min(r["sizes"])}-{max(r["sizes"])}'
-    lines.append(f'{name:<16}{sizes:>10}{_fmt(r["token_accuracy"]):>11}'
-                 f'{_fmt(r["sequence_accuracy"]):>9}{_fmt(r["mean_depth"], 2):>7}'
-                 f'{_fmt(r["mean_expected_depth"], 2):>7}'
-                 f'{_fmt(r["spearman_depth_complexity"], 2):>8}')
+    lines.append(f'{name:<16}{sizes:>10}{fmt(r["token_accuracy"]):>11}'
+                 f'{fmt(r["sequence_accuracy"]):>9}{fmt(r["mean_depth"], 2):>7}'
+                 f'{fmt(r["mean_expected_depth"], 2):>7}'
+                 f'{fmt(r["spearman_depth_complexity"], 2):>8}')
   return '\n'.join(lines)
 
 
@@ -60,25 +59,7 @@ def write_results(workdir: str | pathlib.Path, results: dict) -> pathlib.Path:
 
 def plot_per_size(results: dict, path: str | pathlib.Path) -> pathlib.Path:
   """Token accuracy and mean executed depth against size, one line per split."""
-  fig, (ax_acc, ax_depth) = plt.subplots(1, 2, figsize=(10, 3.8))
-  for name, r in results['splits'].items():
-    sizes = sorted(int(s) for s in r['per_size'])
-    per = {int(s): v for s, v in r['per_size'].items()}
-    ax_acc.plot(sizes, [per[s]['token_accuracy'] for s in sizes], 'o-', label=name, ms=3)
-    ax_depth.plot(sizes, [per[s]['mean_depth'] for s in sizes], 'o-', label=name, ms=3)
-  train_sizes = results.get('train_sizes')
-  for ax in (ax_acc, ax_depth):
-    if train_sizes:
-      ax.axvspan(min(train_sizes) - 0.5, max(train_sizes) + 0.5, color='0.9', zorder=0,
-                 label='training range')
-    ax.set_xlabel('size')
-  ax_acc.set_ylabel('token accuracy (answer tokens)')
-  ax_acc.set_ylim(0, 1.02)
-  ax_depth.set_ylabel('mean executed depth')
-  ax_depth.set_ylim(0, results['max_depth'] + 0.5)
-  ax_acc.legend(fontsize=8)
-  fig.suptitle(f'{results["task"]} · decider {results["decider"]} · step {results["step"]}')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return pathlib.Path(path)
+  return figures.accuracy_depth_vs_size(
+      {name: r['per_size'] for name, r in results['splits'].items()}, path,
+      train_sizes=results['train_sizes'], max_depth=results['max_depth'],
+      title=f'{results["task"]} · decider {results["decider"]} · step {results["step"]}')

@@ -18,10 +18,8 @@ from absl import app, flags
 from benchmarks import timing
 
 import tasks
-from anira_jax import config as config_lib
-from anira_jax import evaluation
-from anira_jax.training import loop
-from anira_jax.training import state as state_lib
+from anira_jax import evaluation, experiment
+from anira_jax import train_state as state_lib
 from anira_jax.training import step as step_lib
 from experiments import common
 
@@ -33,11 +31,11 @@ _OUT = flags.DEFINE_string('out', 'benchmarks/data.json', 'Where to write the fi
 
 def measure(name: str, repeats: int) -> dict:
   config = common.load_module(f'experiments/{name}.py').get_config()
-  task, anira = loop.build(config)
+  exp = experiment.build(config)
+  task, anira, train_sizes = exp.task, exp.anira, exp.train_sizes
   batch_size = config.train.batch_size
-  train_sizes = config_lib.train_sizes(config)
-  largest = max(max(s) for s in config_lib.eval_splits(config).values())
-  stream = tasks.Stream(task, train_sizes, batch_size, seed=0)
+  largest = max(max(s) for s in exp.splits.values())
+  stream = tasks.Stream(task, train_sizes, batch_size, seed=0, annotate=False)
   big = tasks.Stream(task, (largest,), batch_size, seed=0)
   counter = iter(range(10**9))
   gen_train = timing.median_seconds(lambda: stream.batch(next(counter)), repeats)

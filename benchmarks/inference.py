@@ -41,8 +41,9 @@ from benchmarks import timing
 
 from anira_jax import compaction, deciders, decoding, recurrence
 from anira_jax.anira import Anira
-from anira_jax.config import DeciderConfig, ModelConfig
-from anira_jax.training import state as state_lib
+from anira_jax import train_state as state_lib
+from anira_jax.deciders import scheduled
+from anira_jax.model.config import ModelConfig
 from anira_jax.training import step as step_lib
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Small model, short sequences, 2 repeats.')
@@ -95,8 +96,8 @@ def depths(dist: str, shape: tuple[int, int], max_depth: int, rng: np.random.Gen
 
 
 def _models(model: ModelConfig, max_depth: int):
-  oracle = Anira(model, DeciderConfig(name='oracle', oracle_max_complexity=float(max_depth - 1)))
-  fixed = Anira(model, DeciderConfig(name='fixed'))
+  oracle = Anira(model, 'oracle', scheduled.OracleOptions(max_complexity=float(max_depth - 1)))
+  fixed = Anira(model, 'fixed')
   return oracle, fixed
 
 
@@ -224,7 +225,9 @@ def train_table(model: ModelConfig, length: int, decider_names, repeats: int, to
   tx = optax.adamw(1e-3)
   rows = []
   for name in decider_names:
-    anira = Anira(model, DeciderConfig(name=name, oracle_max_complexity=float(model.max_depth - 1)))
+    options = deciders.DECIDERS[name].resolve(deciders.DECIDERS[name].Options(),
+                                              (model.max_depth - 1,))
+    anira = Anira(model, name, options)
     state = state_lib.create(anira, tx, jax.random.key(0))
     step = jax.jit(functools.partial(step_lib.train_step, anira=anira, tx=tx,
                                      key=jax.random.key(1)), donate_argnums=0)

@@ -5,7 +5,7 @@
 
 The JAX side is the project's own jitted `training.step.train_step` (embedding, prelude, the
 shared core iterated D times under the `fixed` decider, coda, cross-entropy, AdamW with global-norm
-clipping and the warmup-cosine schedule of `training.state.make_optimizer`). The PyTorch side is
+clipping and the warmup-cosine schedule of `train_state.make_optimizer`). The PyTorch side is
 written here, plainly, as someone would write that model in eager PyTorch: the same layers
 (pre-norm RMSNorm, q/k/v/out projections with biases, RoPE, causal attention, tanh-GELU MLP),
 the same injection h ← h + (core(h + h0) − (h + h0)), the same freezing where(running, new, old),
@@ -37,8 +37,8 @@ from absl import app, flags
 from benchmarks import timing
 
 from anira_jax.anira import Anira, num_params
-from anira_jax.config import DeciderConfig, ModelConfig
-from anira_jax.training import state as state_lib
+from anira_jax import train_state as state_lib
+from anira_jax.model.config import ModelConfig
 from anira_jax.training import step as step_lib
 
 _QUICK = flags.DEFINE_bool('quick', False, 'Batch 16 x 32 tokens and 3 repeats: a smoke run.')
@@ -195,7 +195,7 @@ def torch_trainer(torch, model: ModelConfig, jax_params: dict, data: dict):
 def jax_trainer(model: ModelConfig, data: dict):
   """(step function, initial params): the project's jitted train step, as `training.loop` runs
   it."""
-  anira = Anira(model, DeciderConfig(name='fixed'))
+  anira = Anira(model, 'fixed')
   tx = state_lib.make_optimizer(ml_collections.ConfigDict(TRAIN))
   state = state_lib.create(anira, tx, jax.random.key(0))
   params = jax.tree.map(np.asarray, state.params)  # a copy: the step donates the state

@@ -16,33 +16,26 @@ smoke tests; combines with either scale).
   steps, bfloat16. Evaluated on the trained N, N = 20, and N = 31-36.
 """
 
-from anira_jax import config as config_lib
 from experiments import common
+
 
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
   common.check_scale(args.scale)
-  config = config_lib.default_config()
-  config.decider.name = args.decider
-  config.task.name = 'brevo'
 
   if args.scale == 'cpu':
     # max_nodes bounds the name pool: 16 names cover the longer split (13 nodes) with a few to
     # spare, and keep the vocabulary (21 tokens) small.
-    config.task.options = {'max_nodes': 16}
-    config.task.train_sizes = '3-10'
-    config.task.holdout_sizes = '7'
-    config.eval.splits = {'in_distribution': '3-6,8-10', 'held_out': '7', 'longer': '11-13'}
+    config = common.task_experiment('brevo', train='3-10', holdout='7', longer='11-13',
+                                    options={'max_nodes': 16}, decider=args.decider)
     # Width 64: at up to 103 tokens per example, width 128 takes twice as long per step.
     config.model.update(width=64, num_heads=4, max_depth=6)
     config.train.update(steps=1500, batch_size=32, warmup_steps=100, log_every=50,
                         checkpoint_every=500)
     config.eval.update(batch_size=64, every_steps=500)
   else:
-    config.task.options = {'max_nodes': 64}
-    config.task.train_sizes = '3-30'
-    config.task.holdout_sizes = '20'
-    config.eval.splits = {'in_distribution': '3-19,21-30', 'held_out': '20', 'longer': '31-36'}
+    config = common.task_experiment('brevo', train='3-30', holdout='20', longer='31-36',
+                                    options={'max_nodes': 64}, decider=args.decider)
     common.use_paper_scale(config, max_depth=6)
 
   if args.quick:

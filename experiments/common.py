@@ -1,8 +1,11 @@
-"""What experiment files share: the `--config=FILE:ARG` variant parser and the scale presets.
+"""What experiment files share: the `--config=FILE:ARG` variant parser, the task experiment
+they start from, and the scale presets.
 
-An experiment file starts from `anira_jax.config.default_config()`, overrides what its study
-needs, and reads its variant string with `parse_arg`, e.g.
-`--config=experiments/parity.py:decider=online,quick`.
+An experiment file builds its config with `task_experiment` (the defaults of
+`anira_jax.config.default_config()` with the task, its sizes and the decider set), overrides
+what its study needs, and reads its variant string with `parse_arg`, e.g.
+`--config=experiments/parity.py:decider=online,quick`. Evaluation splits follow from the sizes
+(in_distribution, held_out, longer) unless the file names its own.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import importlib.util
 import pathlib
 
 import ml_collections
+
+from anira_jax import config as config_lib
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -35,6 +40,25 @@ def parse_arg(arg: str | None, **defaults):
     else:
       result[key] = kind(value)
   return result
+
+
+def task_experiment(task: str, *, train: str, holdout: str = '', longer: str = '',
+                    options: dict | None = None, decider: str = 'early'
+                    ) -> ml_collections.ConfigDict:
+  """The default config for `task` trained on sizes `train` minus `holdout`, evaluated on the
+  training sizes, the held-out ones and `longer`, with `decider`."""
+  config = config_lib.default_config()
+  config.task.update(name=task, options=options or {}, train_sizes=train, holdout_sizes=holdout,
+                     longer_sizes=longer)
+  config.decider.name = decider
+  return config
+
+
+def share_depth_prior(config: ml_collections.ConfigDict, *, gamma: float,
+                      prior_base: float) -> None:
+  """γ and b for both ANIRA-E and ANIRA-O: the paper tunes them on E and reuses them for O."""
+  for name in ('early', 'online'):
+    config.decider[name].update(gamma=gamma, prior_base=prior_base)
 
 
 SCALES = ('cpu', 'paper')

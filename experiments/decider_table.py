@@ -12,16 +12,13 @@ import pathlib
 from absl import app, flags
 
 from anira_jax import deciders, host_memory
+from anira_jax.reporting import fmt
 from anira_jax.training import loop
 from experiments import common
 
 _CONFIG = flags.DEFINE_string('config', 'experiments/parity.py', 'Experiment config file.')
 _OUT = flags.DEFINE_string('out', 'workdirs/deciders', 'Directory for runs and the table.')
 _DECIDERS = flags.DEFINE_list('deciders', sorted(deciders.DECIDERS), 'Deciders to compare.')
-
-
-def _fmt(x, digits=3):
-  return '–' if x is None else f'{x:.{digits}f}'
 
 
 def table(results: dict[str, dict]) -> str:
@@ -32,10 +29,10 @@ def table(results: dict[str, dict]) -> str:
   for name, r in results.items():
     splits = list(r['splits'].values())
     first, last = splits[0], splits[-1]
-    rows.append(f'| {name} | {_fmt(first["token_accuracy"])} | {_fmt(last["token_accuracy"])} '
-                f'| {_fmt(first["mean_depth"], 2)} | {_fmt(first["mean_expected_depth"], 2)} '
-                f'| {_fmt(first["spearman_depth_complexity"], 2)} '
-                f'| {_fmt(first["execution_cost_per_token"], 2)} |')
+    rows.append(f'| {name} | {fmt(first["token_accuracy"])} | {fmt(last["token_accuracy"])} '
+                f'| {fmt(first["mean_depth"], 2)} | {fmt(first["mean_expected_depth"], 2)} '
+                f'| {fmt(first["spearman_depth_complexity"], 2)} '
+                f'| {fmt(first["execution_cost_per_token"], 2)} |')
   return '\n'.join(rows)
 
 

@@ -19,28 +19,24 @@ has a ceiling well below 1; the study is how depth follows "expansion" (tasks/la
   is also evaluated on the strings of lower nonterminals (heights 1-5), never trained on alone.
 """
 
-from anira_jax import config as config_lib
 from experiments import common
+
 
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
   common.check_scale(args.scale)
-  config = config_lib.default_config()
-  config.decider.name = args.decider
-  config.task.name = 'lano'
 
   if args.scale == 'cpu':
     # Height 3 is held out: its strings occur inside height-4 ones, but never as a whole string.
-    config.task.train_sizes = '1-4'
-    config.task.holdout_sizes = '3'
-    config.eval.splits = {'in_distribution': '1-2,4', 'held_out': '3', 'longer': '5'}
+    config = common.task_experiment('lano', train='1-4', holdout='3', longer='5',
+                                    decider=args.decider)
     # Width 64: at up to 83 tokens per example, width 128 takes twice as long per step.
     config.model.update(width=64, num_heads=4, max_depth=6)
     config.train.update(steps=1500, batch_size=32, warmup_steps=100, log_every=50,
                         checkpoint_every=500)
     config.eval.update(batch_size=32, every_steps=500)
   else:
-    config.task.train_sizes = '6'
+    config = common.task_experiment('lano', train='6', decider=args.decider)
     config.eval.splits = {'in_distribution': '6', 'lower': '1-5'}
     common.use_paper_scale(config, max_depth=6)
 

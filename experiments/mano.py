@@ -16,22 +16,17 @@ smoke tests; combines with either scale).
   batch 256, 50k steps, bfloat16. Evaluated on the trained L, L = 10, and L = 17-20.
 """
 
-from anira_jax import config as config_lib
 from experiments import common
+
 
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
   common.check_scale(args.scale)
-  config = config_lib.default_config()
-  config.decider.name = args.decider
-  config.task.name = 'mano'
 
   if args.scale == 'cpu':
     # A small prime keeps the answer space (and the number of facts to learn) small.
-    config.task.options = {'modulus': 5, 'max_ops': 8}
-    config.task.train_sizes = '1-6'
-    config.task.holdout_sizes = '4'
-    config.eval.splits = {'in_distribution': '1-3,5-6', 'held_out': '4', 'longer': '7-8'}
+    config = common.task_experiment('mano', train='1-6', holdout='4', longer='7-8',
+                                    options={'modulus': 5, 'max_ops': 8}, decider=args.decider)
     # Parsing prefix notation means counting pending operands, which needs absolute positions
     # (as parity does: with RoPE alone a first run reached 0.56 in distribution).
     config.model.update(width=128, num_heads=4, max_depth=6, position='sinusoidal')
@@ -39,10 +34,8 @@ def get_config(arg=None):
                         checkpoint_every=500)
     config.eval.every_steps = 1000
   else:
-    config.task.options = {'modulus': 23, 'max_ops': 24}
-    config.task.train_sizes = '3-16'
-    config.task.holdout_sizes = '10'
-    config.eval.splits = {'in_distribution': '3-9,11-16', 'held_out': '10', 'longer': '17-20'}
+    config = common.task_experiment('mano', train='3-16', holdout='10', longer='17-20',
+                                    options={'modulus': 23, 'max_ops': 24}, decider=args.decider)
     common.use_paper_scale(config, max_depth=14)
 
   if args.quick:

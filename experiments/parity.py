@@ -12,26 +12,20 @@ for smoke tests), `ponder` (PonderNet's sparse ±1 layout: 96 entries, train 1-4
 49-96).
 """
 
-from anira_jax import config as config_lib
 from experiments import common
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', quick=False, ponder=False)
-  config = config_lib.default_config()
-  config.decider.name = args.decider
-
-  config.task.name = 'parity'
+  if args.ponder:
+    config = common.task_experiment('parity', train='1-48', longer='49-96',
+                                    options={'layout': 'ponder'}, decider=args.decider)
+  else:
+    config = common.task_experiment('parity', train='1-16', longer='17-24', decider=args.decider)
   # Counting needs to know how many tokens came before: sinusoidal absolute positions give
   # that directly (with RoPE alone the model stalls near 95% token accuracy).
   config.model.position = 'sinusoidal'
-  config.task.train_sizes = '1-16'
-  config.eval.splits = {'in_distribution': '1-16', 'longer': '17-24'}
   config.train.steps = 3000
-  if args.ponder:
-    config.task.options = {'layout': 'ponder'}
-    config.task.train_sizes = '1-48'
-    config.eval.splits = {'in_distribution': '1-48', 'longer': '49-96'}
 
   if args.quick:
     common.make_quick(config)

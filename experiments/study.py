@@ -18,10 +18,12 @@ import sys
 
 from absl import app, flags, logging
 
-from anira_jax import host_memory
+import tasks
+from anira_jax import checkpoint, host_memory
 from anira_jax.analysis import run as analysis_run
-from anira_jax.config import ConfigError
-from anira_jax.training import checkpoint, loop
+from anira_jax.options import ConfigError
+from anira_jax.reporting import fmt
+from anira_jax.training import loop
 from experiments import common
 
 _OUT = flags.DEFINE_string('out', 'workdirs/study', 'Directory for the runs and the table.')
@@ -30,13 +32,7 @@ _DECIDERS = flags.DEFINE_list('deciders', ['early', 'online'], 'Deciders to comp
 _OVERRIDES = flags.DEFINE_list(
     'config_overrides', [], 'FIELD=VALUE pairs applied to every run, e.g. decider.gamma=0.02.')
 
-# Per task, the per-token feature E[d] is correlated with besides the complexity annotation
-# (for LANO, the paper's "expansion").
-ALIGNMENT_FEATURE = {'brevo': 'dfs_depth', 'mano': 'tree_height', 'lano': 'expansion'}
-
-
-def _fmt(x, digits=3) -> str:
-  return '–' if x is None else f'{x:.{digits}f}'
+STUDY_TASKS = ('brevo', 'mano', 'lano')
 
 
 def apply_overrides(config, overrides: list[str]) -> None:
@@ -60,7 +56,7 @@ def apply_overrides(config, overrides: list[str]) -> None:
 
 
 def shared_settings(config) -> str:
-  d = config.decider
+  d = config.decider[config.decider.name]
   return f'γ = {d.gamma:g}, b = {d.prior_base:g}, learning rate = {config.train.learning_rate:g}'
 
 
@@ -69,7 +65,8 @@ def row(task: str, decider: str, results: dict, analysis: dict) -> dict:
   splits = results['splits']
   trained = analysis['generalization']['by_max_depth'][str(analysis['max_depth'])]
   correlations = analysis['alignment']['all']['correlations']
-  feature = ALIGNMENT_FEATURE[task]
+  # The task's headline feature (for LANO the paper's "expansion"), besides complexity.
+  feature = (tasks.TASKS[task].alignment_features or (None,))[0]
   entry = {
       'task': task, 'decider': decider, 'step': results['step'],
       'accuracy': {name: s['token_accuracy'] for name, s in splits.items()},
@@ -107,11 +104,11 @@ def table(rows: list[dict], settings: str) -> str:
   for r in rows:
     acc, depth = r['accuracy'], r['mean_depth']
     lines.append(
-        f'| {r["task"]} | {r["decider"]} | {_fmt(acc.get("in_distribution"))} '
-        f'| {_fmt(acc.get("held_out"))} | {_fmt(acc.get("longer"))} '
-        f'| {_fmt(depth.get("in_distribution"), 2)} | {_fmt(depth.get("longer"), 2)} '
-        f'| {_fmt(r["spearman_complexity"], 2)} '
-        f'| {r["feature"]}: {_fmt(r["spearman_feature"], 2)} |')
+        f'| {r["task"]} | {r["decider"]} | {fmt(acc.get("in_distribution"))} '
+        f'| {fmt(acc.get("held_out"))} | {fmt(acc.get("longer"))} '
+        f'| {fmt(depth.get("in_distribution"), 2)} | {fmt(depth.get("longer"), 2)} '
+        f'| {fmt(r["spearman_complexity"], 2)} '
+        f'| {r["feature"]}: {fmt(r["spearman_feature"], 2)} |')
   lines += ['', 'Mean executed depth per size (answer tokens, trained D):', '',
             '| task | decider | depth per size |', '|---|---|---|']
   for r in rows:
@@ -125,8 +122,8 @@ def table(rows: list[dict], settings: str) -> str:
               '|---|---|---|---|---|']
     for r in timed:
       t = r['timing']
-      lines.append(f'| {r["decider"]} | {t["samples"]} | {_fmt(t["r2_size"])} '
-                   f'| {_fmt(t.get("static_structure"))} | {_fmt(t.get("execution_state"))} |')
+      lines.append(f'| {r["decider"]} | {t["samples"]} | {fmt(t["r2_size"])} '
+                   f'| {fmt(t.get("static_structure"))} | {fmt(t.get("execution_state"))} |')
   return '\n'.join(lines) + '\n'
 
 
@@ -142,10 +139,10 @@ def main(argv):
 
 
 def run_study(out: pathlib.Path) -> None:
-  unknown = set(_TASKS.value) - set(ALIGNMENT_FEATURE)
+  unknown = set(_TASKS.value) - set(STUDY_TASKS)
   if unknown:
     raise ValueError(f'--tasks: unknown {sorted(unknown)}; the study runs '
-                     f'{", ".join(ALIGNMENT_FEATURE)}')
+                     f'{", ".join(STUDY_TASKS)}')
   rows, settings = [], set()
   for task in _TASKS.value:
     module = common.load_module(pathlib.Path(__file__).parent / f'{task}.py')

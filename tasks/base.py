@@ -152,7 +152,7 @@ class Stream:
   task: Task
   sizes: tuple[int, ...]
   batch_size: int  # examples per host
-  seed: int
+  seed: int | tuple[int, ...]  # e.g. (run seed, split key) for an evaluation split's stream
   host_index: int = 0
   host_count: int = 1
   seq_len: int | None = None  # defaults to task.seq_len(max(sizes))
@@ -173,7 +173,8 @@ class Stream:
     return self.seq_len or self.task.seq_len(max(self.sizes))
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng([self.seed, step, self.host_index, self.host_count])
+    rng = np.random.default_rng([*np.atleast_1d(self.seed), step, self.host_index,
+                                 self.host_count])
     sizes = rng.choice(np.asarray(self.sizes), size=self.batch_size)
     examples = [self.task.sample(rng, int(s)) for s in sizes]
     if self.annotate:

@@ -3,8 +3,9 @@
 One builder, `AniraEvalSet`, whose config carries everything that decides the data: the task name
 and options, the splits {name: sizes}, the seed and the number of examples per split. Example j of
 split s is drawn from `np.random.default_rng([seed, crc32(s), j])`: its size uniformly from the
-split's sizes, then `task.sample(rng, size)` — so every example is reproducible on its own, and
-adding, removing or reordering splits never changes another split's data.
+split's sizes, then `task.sample(rng, size)` with `task.annotate`'s analysis-only features — so
+every example is reproducible on its own, and adding, removing or reordering splits never
+changes another split's data.
 
 The config name is `<task>-<12 hex digits>`, a hash of the canonical JSON of those parameters, so
 two different sets never share a directory under one data_dir:
@@ -41,7 +42,7 @@ from tasks import base
 _NAME = 'anira_eval_set'
 _VERSION = '1.0.0'
 # Bump when the stored layout or the drawing rule changes: it is part of the config hash.
-_FORMAT = 1
+_FORMAT = 2  # 2: the `annotated` mask and `Task.annotate`'s features
 
 
 def _split_key(split: str) -> int:
@@ -113,7 +114,7 @@ def draw(task: base.Task, sizes: Sequence[int], seed: int, split: str,
   """Example `index` of `split`: (its size, the example), from its own generator."""
   rng = np.random.default_rng([seed, _split_key(split), index])
   size = int(rng.choice(np.asarray(sizes)))
-  return size, task.sample(rng, size)
+  return size, task.annotate(task.sample(rng, size), sizes)
 
 
 def _sequence(dtype) -> tfds.features.Tensor:
@@ -135,6 +136,7 @@ class AniraEvalSet(tfds.core.GeneratorBasedBuilder):
         'tokens': _sequence(np.int32),
         'targets': _sequence(np.int32),
         'loss_mask': _sequence(np.bool_),
+        'annotated': _sequence(np.bool_),
         'complexity': _sequence(np.float32),
         'size': tfds.features.Scalar(dtype=np.int32),
         'features': tfds.features.FeaturesDict(
@@ -159,7 +161,7 @@ class AniraEvalSet(tfds.core.GeneratorBasedBuilder):
     for j in range(config.examples_per_split):
       size, ex = draw(task, config.splits[split], config.seed, split, j)
       yield j, dict(tokens=ex.tokens, targets=ex.targets, loss_mask=ex.loss_mask,
-                    complexity=ex.complexity, size=size,
+                    annotated=ex.annotated, complexity=ex.complexity, size=size,
                     features={name: ex.features[name] for name in task.feature_names})
 
 
@@ -204,6 +206,7 @@ def _examples(records: Sequence[Mapping[str, Any]],
   return [base.Example(tokens=np.asarray(r['tokens'], np.int32),
                        targets=np.asarray(r['targets'], np.int32),
                        loss_mask=np.asarray(r['loss_mask'], bool),
+                       annotated=np.asarray(r['annotated'], bool),
                        complexity=np.asarray(r['complexity'], np.float32),
                        features={n: np.asarray(r['features'][n], np.float32)
                                  for n in feature_names})

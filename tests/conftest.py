@@ -1,18 +1,20 @@
 """Test-wide settings: fail on implicit rank promotion, reuse freed host memory as launch.py does,
-and tiny shared model configs."""
+and tiny shared models. Tests that cover every decider parametrise over `deciders.DECIDERS`."""
 
 import jax
 import numpy as np
-import pytest
 
 from anira_jax import host_memory
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 host_memory.reuse_freed_memory()  # before the first computation creates JAX's CPU client
 
-from anira_jax.config import DeciderConfig, ModelConfig  # noqa: E402
+from anira_jax import deciders, options  # noqa: E402
+from anira_jax.anira import Anira  # noqa: E402
+from anira_jax.deciders import base  # noqa: E402
+from anira_jax.model.config import ModelConfig  # noqa: E402
 
-ALL_DECIDERS = ('fixed', 'early', 'online', 'act', 'ponder', 'oracle')
+ALL_DECIDERS = tuple(sorted(deciders.DECIDERS))
 
 
 def tiny_model(**overrides) -> ModelConfig:
@@ -21,10 +23,16 @@ def tiny_model(**overrides) -> ModelConfig:
   return ModelConfig(**fields)
 
 
-def tiny_decider(name: str, **overrides) -> DeciderConfig:
-  fields = dict(name=name, head_hidden=8, oracle_max_complexity=3.0)
+def tiny_options(name: str, **overrides) -> options.Options:
+  """The decider's options with a small head (and the oracle's c_max set to 3)."""
+  cls = deciders.DECIDERS[name]
+  fields = {'head_hidden': 8} if issubclass(cls.Options, base.HeadOptions) else {}
   fields.update(overrides)
-  return DeciderConfig(**fields)
+  return cls.resolve(cls.Options(**fields), train_sizes=(3,))
+
+
+def tiny_anira(name: str, model: ModelConfig | None = None, **decider_overrides) -> Anira:
+  return Anira(model or tiny_model(), name, tiny_options(name, **decider_overrides))
 
 
 def assert_same_on_real_tokens(out, ref, tokens, *, atol_logits: float, atol_q: float) -> None:
@@ -36,8 +44,3 @@ def assert_same_on_real_tokens(out, ref, tokens, *, atol_logits: float, atol_q: 
                                 np.asarray(ref.trajectory.depth_BxL)[valid])
   np.testing.assert_allclose(np.asarray(out.trajectory.decision.q_BxLxT)[valid],
                              np.asarray(ref.trajectory.decision.q_BxLxT)[valid], atol=atol_q)
-
-
-@pytest.fixture(scope='session')
-def all_deciders():
-  return ALL_DECIDERS

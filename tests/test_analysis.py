@@ -4,20 +4,25 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from anira_jax import stats
 from anira_jax.analysis import alignment, figures, generalization, timing, tradeoff
-from anira_jax.inspect import Trace, concatenate
+from anira_jax.trace import Trace, concatenate
 
 T = 6
+# Feature groups of the constructed BREVO-like data below (a task names its own).
+GROUPS = {'static_structure': ('out_degree', 'in_degree', 'is_hub', 'num_ancestors'),
+          'execution_state': ('dfs_depth', 'frontier_size', 'newly_enabled')}
 
 
 def make_trace(depth, *, expected=None, complexity=None, features=None, size=None,
-               correct=None, loss_mask=None) -> Trace:
-  """A Trace with the given per-token arrays [B, L]; every token real."""
+               correct=None, loss_mask=None, annotated=None) -> Trace:
+  """A Trace with the given per-token arrays [B, L]; every token real, one head call each."""
   depth = np.asarray(depth, np.int32)
   b, length = depth.shape
   q = np.eye(T, dtype=np.float32)[depth - 1]
   return Trace(
       tokens=np.ones((b, length), np.int32), depth=depth, q=q,
+      head_calls=np.ones((b, length), np.int32), annotated=annotated,
       expected_depth=depth.astype(np.float32) if expected is None else expected,
       halting=np.full((b, length, T), np.nan, np.float32),
       readout_prediction=np.zeros((T, b, length), np.int32),
@@ -61,14 +66,14 @@ def test_independent_depth_gives_rho_near_zero_and_an_interval_around_it():
 
 
 def test_correlation_of_a_constant_is_undefined():
-  assert alignment.correlation(np.ones(10), np.arange(10.0))['spearman'] is None
-  assert alignment.correlation(np.ones(10), np.arange(10.0))['pearson_ci'] is None
+  assert stats.correlation(np.ones(10), np.arange(10.0))['spearman'] is None
+  assert stats.correlation(np.ones(10), np.arange(10.0))['pearson_ci'] is None
 
 
 def test_cluster_bootstrap_resamples_whole_groups():
   groups = np.repeat(np.arange(5), 3)
   rng = np.random.default_rng(0)
-  for idx in alignment.cluster_indices(groups, 15, rng, 20):
+  for idx in stats.cluster_indices(groups, 15, rng, 20):
     chosen = groups[idx]
     assert len(idx) == 15
     for g in np.unique(chosen):  # every drawn group comes whole (3 members per draw)
@@ -103,7 +108,8 @@ def test_depth_an_exact_function_of_one_group_is_fully_explained_by_that_group()
   size, f = _brevo_like(rng)
   y = 1 + 0.5 * f['dfs_depth'] + 0.3 * f['frontier_size'] - 0.2 * f['newly_enabled']
   result = timing.decision_timing(make_trace(np.ones(y.shape, np.int32), expected=y,
-                                             features=f, size=size), n_boot=20)
+                                             features=f, size=size), GROUPS, 'graph_size',
+                                   n_boot=20)
   execution, static = result['groups']['execution_state'], result['groups']['static_structure']
   assert result['r2_full'] == pytest.approx(1.0)
   assert execution['partial'] == pytest.approx(1.0)
@@ -119,7 +125,8 @@ def test_independent_noise_is_explained_by_nothing():
   size, f = _brevo_like(rng)
   y = rng.normal(size=size.shape + (12,))
   result = timing.decision_timing(make_trace(np.ones(y.shape, np.int32), expected=y,
-                                             features=f, size=size), n_boot=0)
+                                             features=f, size=size), GROUPS, 'graph_size',
+                                   n_boot=0)
   assert result['r2_full'] < 0.03
   for group in result['groups'].values():
     assert group['added'] < 0.02 and group['alone'] < 0.02
@@ -130,7 +137,8 @@ def test_categorical_control_absorbs_a_pure_size_effect():
   size, f = _brevo_like(rng)
   y = np.broadcast_to(np.log(size)[:, None] * 3, (len(size), 12))  # nonlinear in size
   result = timing.decision_timing(make_trace(np.ones(y.shape, np.int32), expected=y,
-                                             features=f, size=size), n_boot=0)
+                                             features=f, size=size), GROUPS, 'graph_size',
+                                   n_boot=0)
   assert result['r2_control'] == pytest.approx(1.0)
   static = result['groups']['static_structure']
   assert static['alone'] > 0.2  # num_ancestors tracks size, so alone it seems to matter ...
@@ -141,12 +149,14 @@ def test_categorical_control_absorbs_a_pure_size_effect():
 def test_timing_counts_only_correct_samples_and_annotated_tokens():
   rng = np.random.default_rng(3)
   size, f = _brevo_like(rng, sequences=10, length=5)
-  f['graph_size'][:, -1] = 0  # the <eos> position carries no annotation
+  annotated = np.ones((10, 5), bool)
+  annotated[:, -1] = False  # the <eos> position carries no annotation
   correct = np.ones((10, 5), bool)
   correct[:4, 1] = False  # four samples answered wrongly
   y = f['dfs_depth'] + rng.normal(size=(10, 5))
   result = timing.decision_timing(make_trace(np.ones((10, 5), np.int32), expected=y, features=f,
-                                             size=size, correct=correct), n_boot=0)
+                                             size=size, correct=correct, annotated=annotated),
+                                  GROUPS, 'graph_size', n_boot=0)
   assert (result['samples_total'], result['tokens_total']) == (10, 40)
   assert (result['samples'], result['tokens']) == (6, 24)
 
@@ -226,8 +236,8 @@ def test_figures_are_valid_pngs(tmp_path):
   _valid_png(figures.depth_vs_complexity(alignment.alignment(trace, n_boot=10),
                                          tmp_path / 'align.png'))
   gen = generalization.generalization({T: trace, 2 * T: trace}, (3, 4, 5, 7), T)
-  _valid_png(figures.accuracy_depth_vs_size(gen, tmp_path / 'gen.png'))
-  _valid_png(figures.variance_explained(timing.decision_timing(trace, n_boot=10),
-                                        tmp_path / 'var.png'))
+  _valid_png(figures.generalization_figure(gen, tmp_path / 'gen.png'))
+  _valid_png(figures.variance_explained(
+      timing.decision_timing(trace, GROUPS, 'graph_size', n_boot=10), tmp_path / 'var.png'))
   _valid_png(figures.pareto(tradeoff.tradeoff({'a': trace, 'b': make_trace(depth + 0)}),
                             tmp_path / 'pareto.png'))

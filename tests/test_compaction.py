@@ -7,11 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ALL_DECIDERS, assert_same_on_real_tokens, tiny_decider, tiny_model
+from conftest import ALL_DECIDERS, assert_same_on_real_tokens, tiny_anira, tiny_model
 from test_recurrence import _spread_halting
 
 from anira_jax import compaction, deciders, recurrence
-from anira_jax.anira import Anira
 from anira_jax.deciders import scheduled as deciders_scheduled
 from anira_jax.model import layers
 
@@ -37,7 +36,7 @@ def _compare(anira, params, tokens, complexity, buckets=BUCKETS):
 
 @pytest.mark.parametrize('name', ALL_DECIDERS)
 def test_same_as_masked_loop_for_every_decider(name):
-  anira = Anira(tiny_model(), tiny_decider(name))
+  anira = tiny_anira(name, tiny_model())
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
   out = _compare(anira, params, *_batch())
   if name == 'fixed':  # every token active at every iteration: the dense step throughout
@@ -51,7 +50,7 @@ def test_same_as_masked_loop_for_every_decider(name):
 def test_frozen_tokens_keys_follow_the_masked_semantics(overrides):
   """Deep layers' keys of a frozen token depend on its predecessors' current states (and with an
   iteration embedding, on t): compaction must recompute them where the masked path would."""
-  anira = Anira(tiny_model(**overrides), tiny_decider('oracle'))
+  anira = tiny_anira('oracle', tiny_model(**overrides))
   params = anira.init(jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 12), 1, 5)
   depths = jnp.array([[1, 1, 1, 1, 1, 1, 3, 1, 4, 1, 2, 1],
@@ -61,7 +60,7 @@ def test_frozen_tokens_keys_follow_the_masked_semantics(overrides):
 
 
 def test_multi_layer_core_with_an_online_decider():
-  anira = Anira(tiny_model(core_layers=2), tiny_decider('online'))
+  anira = tiny_anira('online', tiny_model(core_layers=2))
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
   tokens, complexity = _batch()
   # Row 1 is the one whose deep tokens come late, so frozen ones before them are left alone.
@@ -70,7 +69,7 @@ def test_multi_layer_core_with_an_online_decider():
 
 
 def test_one_compilation_for_any_active_counts():
-  anira = Anira(tiny_model(), tiny_decider('oracle'))
+  anira = tiny_anira('oracle', tiny_model())
   params = anira.init(jax.random.key(0))
   tokens, _ = _batch()
 
@@ -90,7 +89,7 @@ def test_one_compilation_for_any_active_counts():
 def test_each_iteration_runs_in_the_smallest_bucket_that_holds_it():
   """Iteration t computes the real tokens of depth >= t (one core layer): in the smallest bucket
   that holds them all, or the dense step above the largest."""
-  anira = Anira(tiny_model(), tiny_decider('oracle'))
+  anira = tiny_anira('oracle', tiny_model())
   params = anira.init(jax.random.key(0))
   tokens, complexity = _batch(seed=4)  # to compute: 32, 23, 14, 8 tokens
   out = compaction.run_compacted(anira, params, tokens, complexity_BxL=complexity,
@@ -117,6 +116,7 @@ class _Regrowing(deciders_scheduled.Scheduled):
   No registered decider's run set grows again; the decider protocol allows it."""
 
   name = 'regrowing'
+  Options = deciders_scheduled.Fixed.Options
 
   def start(self, params, h0_BxLxD, ctx):
     cont_BxLxT = jnp.ones(h0_BxLxD.shape[:2] + (ctx.max_depth,)).at[:, 2:, 1::2].set(0.0)
@@ -126,8 +126,8 @@ class _Regrowing(deciders_scheduled.Scheduled):
 def test_a_growing_run_set_falls_back_to_the_dense_step():
   """Iteration 3 (everyone again) takes the dense step inside the compacted phase; iteration 4's
   compacted step then reads the frozen tokens' layer-1 keys/values, which must be current."""
-  anira = Anira(tiny_model(), tiny_decider('fixed'))
-  anira.decider = _Regrowing(anira.decider_cfg, anira.model_cfg)
+  anira = tiny_anira('fixed', tiny_model())
+  anira.decider = _Regrowing(anira.decider.options, anira.model_cfg)
   params = anira.init(jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 12), 1, 5)
   ctx = deciders.Context(train=False, key=None, max_depth=4, complexity_BxL=None)
@@ -147,7 +147,7 @@ def test_dense_steps_in_several_causal_blocks(name, monkeypatch):
   of 5 over 12 positions; compacted steps with `layers.attend` (sequences of the other tests fit
   one block)."""
   monkeypatch.setattr(layers, 'CAUSAL_BLOCK', 5)
-  anira = Anira(tiny_model(), tiny_decider(name))
+  anira = tiny_anira(name, tiny_model())
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
   out = _compare(anira, params, *_batch())
   assert int(out.work.dense_iterations) > 0 and int(out.work.compacted_iterations) > 0

@@ -1,4 +1,5 @@
-"""Config validation: every bad value stops at start-up with one line naming field and fix."""
+"""Config checks (`experiment.build`): every bad value stops at start-up with one line naming
+field and fix; sizes and evaluation splits derived from the task's sizes."""
 
 import subprocess
 import sys
@@ -6,6 +7,8 @@ import sys
 import pytest
 
 from anira_jax import config as config_lib
+from anira_jax import deciders, experiment
+from anira_jax.options import ConfigError
 from experiments import common, parity
 
 
@@ -27,10 +30,11 @@ def _config(**overrides):
     ('model.max_depth', 0, r'config.model.max_depth=0 must be an integer >= 1'),
     ('model.width', 30, r'config.model.width=30 must be a multiple of 2 \* num_heads'),
     ('decider.name', 'sometimes', r"config.decider.name='sometimes' is not allowed"),
-    ('decider.rule', 'vote', r"config.decider.rule='vote'"),
-    ('decider.threshold', 1.5, r'config.decider.threshold=1.5 must lie in \(0, 1\)'),
-    ('decider.gamma', -1.0, r'config.decider.gamma=-1.0 must be a finite number >= 0'),
-    ('decider.prior_base', 0.0, r'config.decider.prior_base=0.0 must be a finite number > 0'),
+    ('decider.online.rule', 'vote', r"config.decider.online.rule='vote'"),
+    ('decider.online.threshold', 1.5, r'config.decider.online.threshold=1.5 must lie in \(0, 1\)'),
+    ('decider.early.gamma', -1.0, r'config.decider.early.gamma=-1.0 must be a finite number >= 0'),
+    ('decider.early.prior_base', 0.0,
+     r'config.decider.early.prior_base=0.0 must be a finite number > 0'),
     ('train.learning_rate', -0.1, r'config.train.learning_rate=-0.1 must be a finite number > 0'),
     ('train.steps', 0, r'config.train.steps=0 must be an integer >= 1'),
     ('train.warmup_steps', 5000, r'config.train.warmup_steps=5000 must be below'),
@@ -41,40 +45,55 @@ def _config(**overrides):
     ('task.train_sizes', '8-1', r"config.task.train_sizes='8-1': range 8-1 is empty"),
     ('task.train_sizes', 'many', r"config.task.train_sizes='many': expected sizes like"),
     ('task.holdout_sizes', '1-16', r'removes every training size'),
+    ('task.holdout_sizes', '20', r'config.task.holdout_sizes has \[20\] outside the training'),
     ('eval.splits', {'bad': '0-3'}, r'config.eval.splits.bad has sizes \[0\] outside'),
     ('eval.source', 'disk', r"config.eval.source='disk'"),
 ])
 def test_invalid_value_names_field_and_allowed_values(path, value, match):
-  with pytest.raises(config_lib.ConfigError, match=match):
-    config_lib.validate(_config(**{path: value}))
+  with pytest.raises(ConfigError, match=match):
+    experiment.build(_config(**{path: value}))
+
+
+def test_a_decider_section_refuses_fields_it_does_not_have():
+  config = _config()
+  config.decider.online = {**config.decider.online, 'gumbel_temperature': 2.0}
+  config.decider.name = 'online'
+  with pytest.raises(ConfigError, match="config.decider.online has no field 'gumbel_temperature'"):
+    experiment.build(config)
 
 
 def test_standard_model_needs_fixed_decider():
-  with pytest.raises(config_lib.ConfigError, match='needs decider.name="fixed"'):
-    config_lib.validate(_config(**{'model.kind': 'standard', 'decider.name': 'early'}))
-  config_lib.validate(_config(**{'model.kind': 'standard', 'decider.name': 'fixed'}))
+  with pytest.raises(ConfigError, match='needs decider.name="fixed"'):
+    experiment.build(_config(**{'model.kind': 'standard', 'decider.name': 'early'}))
+  experiment.build(_config(**{'model.kind': 'standard', 'decider.name': 'fixed'}))
 
 
 def test_learned_positions_must_cover_the_longest_sequence():
-  with pytest.raises(config_lib.ConfigError, match='max_len=10 is shorter than the longest'):
-    config_lib.validate(_config(**{'model.position': 'learned', 'model.max_len': 10}))
+  with pytest.raises(ConfigError, match='max_len=10 is shorter than the longest'):
+    experiment.build(_config(**{'model.position': 'learned', 'model.max_len': 10}))
 
 
 def test_bad_task_options():
-  with pytest.raises(config_lib.ConfigError, match="options are invalid for task 'parity'"):
-    config_lib.validate(_config(**{'task.options': {'layout': 'diagonal'}}))
+  with pytest.raises(ConfigError, match="options are invalid for task 'parity'"):
+    experiment.build(_config(**{'task.options': {'layout': 'diagonal'}}))
 
 
-def test_valid_configs_pass_for_every_decider_and_variant():
-  for decider in ('fixed', 'early', 'online', 'act', 'ponder', 'oracle'):
-    config_lib.validate(parity.get_config(f'decider={decider}'))
-  config_lib.validate(parity.get_config('ponder,quick'))
+@pytest.mark.parametrize('decider', sorted(deciders.DECIDERS))
+def test_every_decider_builds_with_its_defaults(decider):
+  exp = experiment.build(parity.get_config(f'decider={decider}'))
+  assert exp.anira.decider.options == exp.anira.decider.resolve(
+      deciders.DECIDERS[decider].Options(), exp.train_sizes)
 
 
-def test_sizes_and_holdouts():
+def test_sizes_holdouts_and_derived_splits():
   assert config_lib.parse_sizes('1-3,7') == (1, 2, 3, 7)
-  config = _config(**{'task.train_sizes': '1-6', 'task.holdout_sizes': '3,5'})
-  assert config_lib.train_sizes(config) == (1, 2, 4, 6)
+  config = _config(**{'task.train_sizes': '1-6', 'task.holdout_sizes': '3,5',
+                      'task.longer_sizes': '7-8'})
+  assert experiment.train_sizes(config) == (1, 2, 4, 6)
+  assert experiment.eval_splits(config) == {'in_distribution': (1, 2, 4, 6), 'held_out': (3, 5),
+                                            'longer': (7, 8)}
+  config.eval.splits = {'mine': '2,9'}  # a config's own splits replace the derived ones
+  assert experiment.eval_splits(config) == {'mine': (2, 9)}
 
 
 def test_parse_arg_types_and_unknown_keys():

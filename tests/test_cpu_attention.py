@@ -12,13 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_decider, tiny_model
+from conftest import tiny_anira, tiny_model
 from test_layers import ragged_case
 from test_recurrence import _spread_halting
 from test_train import _gradients_with
 
 from anira_jax import compaction
-from anira_jax.anira import Anira
 from anira_jax.model import cpu_attention, layers
 
 
@@ -126,7 +125,7 @@ def test_used_only_where_it_applies(kernel):
 def test_model_logits_and_gradients_equal_plain_jax(kernel, monkeypatch):
   """The whole model with the kernel (head dim 16) against the same model in plain JAX: inference
   logits of the masked loop and of compaction, and training gradients."""
-  anira = Anira(tiny_model(width=32, num_heads=2), tiny_decider('online'))
+  anira = tiny_anira('online', tiny_model(width=32, num_heads=2))
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
   tokens = jax.random.randint(jax.random.key(1), (3, 40), 1, 5).at[2, 30:].set(0)
   compact = lambda: compaction.run_compacted(anira, params, tokens, buckets=(30, 60))

@@ -1,19 +1,23 @@
 """Deciders against hand-computed values on a 3-step, 2-token example, and gradient flow."""
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_decider, tiny_model
+from conftest import ALL_DECIDERS, tiny_anira, tiny_model, tiny_options
 
 from anira_jax import deciders
-from anira_jax.anira import Anira
-from anira_jax.deciders import base, ponder
-from anira_jax.training import objective
+from anira_jax.deciders import base, early, ponder
+from anira_jax.training import objective, step
 
 D = 3
+# Deciders with a learned head, and those trained with the paper's depth prior.
+LEARNED = [n for n in ALL_DECIDERS if issubclass(deciders.DECIDERS[n].Options, base.HeadOptions)]
+WITH_DEPTH_PRIOR = [n for n in ALL_DECIDERS
+                    if issubclass(deciders.DECIDERS[n].Options, base.DepthPriorOptions)]
 
 
 def _constant_head(params: dict, logit: float) -> dict:
@@ -28,9 +32,10 @@ def _constant_head(params: dict, logit: float) -> dict:
 def _run(name: str, lam: float, *, train=False, rule='median', threshold=0.5, batch=(1, 2),
          **decider_overrides):
   """Runs the decider's state machine for D=3 steps on random states, with λ held constant."""
-  cfg = tiny_decider(name, rule=rule, threshold=threshold, **decider_overrides)
+  if deciders.DECIDERS[name].has_rule:
+    decider_overrides.update(rule=rule, threshold=threshold)
   model = tiny_model(max_depth=D)
-  decider = deciders.make(cfg, model)
+  decider = deciders.make(name, model, tiny_options(name, **decider_overrides))
   params = _constant_head(decider.init(jax.random.key(0)), math.log(lam / (1 - lam)))
   states = jax.random.normal(jax.random.key(1), (D + 1, *batch, model.width))
   ctx = deciders.Context(train=train, key=jax.random.key(2), complexity_BxL=None, max_depth=D)
@@ -56,10 +61,10 @@ def test_kl_to_geometric_prior_by_hand():
 
 
 def test_kl_regularizer_is_gamma_times_mean_kl():
-  cfg = tiny_decider('early', gamma=0.5, prior_base=2.0)
+  opts = tiny_options('early', gamma=0.5, prior_base=2.0)
   q = jnp.array([[[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]])
   decision = base.Decision(q, jnp.ones((1, 2), jnp.int32), None)
-  reg, metrics = deciders.early.kl_regularizer(cfg, decision, jnp.array([[1.0, 0.0]]))
+  reg, metrics = early.kl_regularizer(opts, decision, jnp.array([[1.0, 0.0]]))
   kl0 = base.kl(q, base.log_geometric_prior(2.0, 3))[0, 0]
   np.testing.assert_allclose(metrics['kl'], kl0, rtol=1e-6)
   np.testing.assert_allclose(reg, 0.5 * kl0, rtol=1e-6)
@@ -97,8 +102,7 @@ def test_inverse_cdf_sampling_matches_q():
 
 
 def test_early_sampling_matches_q_and_mode_at_inference():
-  cfg = tiny_decider('early')
-  decider = deciders.make(cfg, tiny_model(max_depth=D))
+  decider = deciders.make('early', tiny_model(max_depth=D), tiny_options('early'))
   params = _constant_head(decider.init(jax.random.key(0)), 0.0)
   params['Dense_1']['bias'] = jnp.log(jnp.array([0.2, 0.5, 0.3]))
   h0 = jnp.zeros((64, 64, 16))
@@ -116,7 +120,7 @@ def test_early_sampling_matches_q_and_mode_at_inference():
     (0.6, [0.6, 0.4, 0.0], 2),  # 0.6 + 0.6 >= 0.99 at n = 2: R = 0.4
 ])
 def test_act_by_hand(lam, expected_p, expected_depth):
-  decider, decision, depth, states = _run('act', lam, act_penalty=0.5)
+  decider, decision, depth, states = _run('act', lam, penalty=0.5)
   np.testing.assert_array_equal(depth, expected_depth)
   np.testing.assert_allclose(decision.q_BxLxT[0, 0], expected_p, rtol=1e-5, atol=1e-7)
   mixture = sum(p * states[t + 1] for t, p in enumerate(expected_p))
@@ -129,8 +133,7 @@ def test_act_by_hand(lam, expected_p, expected_depth):
 
 @pytest.mark.parametrize('direction', ['prior_q', 'q_prior'])
 def test_ponder_regularizer_by_hand(direction):
-  decider, decision, _, _ = _run('ponder', 0.5, ponder_beta=2.0, ponder_lambda=0.2,
-                                 ponder_kl=direction)
+  decider, decision, _, _ = _run('ponder', 0.5, beta=2.0, lambda_p=0.2, kl=direction)
   q = [0.5, 0.25, 0.25]
   np.testing.assert_allclose(decision.q_BxLxT[0, 0], q, rtol=1e-6)
   prior = np.array([0.2, 0.16, 0.128]) / 0.488
@@ -143,15 +146,15 @@ def test_ponder_regularizer_by_hand(direction):
 
 
 def test_ponder_trains_on_q_weighted_step_losses_without_halting():
-  anira = Anira(tiny_model(max_depth=D), tiny_decider('ponder'))
+  anira = tiny_anira('ponder', tiny_model(max_depth=D))
   params = anira.init(jax.random.key(0))
   params['decider'] = _constant_head(params['decider'], 0.0)  # λ = 1/2: q = [.5, .25, .25]
   tokens = jax.random.randint(jax.random.key(1), (2, 5), 1, 5)
   batch = dict(tokens=tokens, targets=(tokens + 1) % 5, loss_mask=jnp.ones((2, 5), bool),
                complexity=jnp.zeros((2, 5)))
-  _, metrics = objective.loss_and_metrics(anira, params, batch, jax.random.key(2))
+  _, metrics = step.gradients(params, batch, jax.random.key(2), anira=anira)
   assert float(metrics['mean_depth']) == D  # training never halts early
-  full_depth = Anira(tiny_model(max_depth=D), tiny_decider('fixed'))
+  full_depth = tiny_anira('fixed', tiny_model(max_depth=D))
   out = full_depth.apply({'model': params['model'], 'decider': {}}, tokens, train=False,
                          collect_states=True)
   per_step = [objective.cross_entropy_BxL(anira.network.readout(params['model'], h),
@@ -164,39 +167,40 @@ def test_ponder_trains_on_q_weighted_step_losses_without_halting():
 
 def _decider_grads(name: str, **decider_overrides) -> dict:
   """Gradient of the training loss with respect to the decider's params, on a tiny batch."""
-  anira = Anira(tiny_model(), tiny_decider(name, **decider_overrides))
+  anira = tiny_anira(name, tiny_model(), **decider_overrides)
   params = anira.init(jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (4, 6), 1, 5)
   batch = dict(tokens=tokens, targets=(tokens * 2) % 5, loss_mask=jnp.ones((4, 6), bool),
                complexity=jnp.zeros((4, 6)))
-  loss = lambda p: objective.loss_and_metrics(anira, p, batch, jax.random.key(2))[0]
-  return jax.jit(jax.grad(loss))(params)['decider']
+  grads_fn = jax.jit(functools.partial(step.gradients, anira=anira))
+  return grads_fn(params, batch, jax.random.key(2))[0]['decider']
 
 
-@pytest.mark.parametrize('name', ['early', 'online', 'act', 'ponder'])
+@pytest.mark.parametrize('name', LEARNED)
 def test_gradients_reach_every_decider_parameter(name):
-  grads = _decider_grads(name, gamma=0.1, prior_base=2.0)
+  overrides = dict(gamma=0.1, prior_base=2.0) if name in WITH_DEPTH_PRIOR else {}
+  grads = _decider_grads(name, **overrides)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert np.all(np.isfinite(g)), path
     assert np.any(g != 0), f'{name}: zero gradient at {jax.tree_util.keystr(path)}'
 
 
-@pytest.mark.parametrize('name', ['early', 'online'])
+@pytest.mark.parametrize('name', WITH_DEPTH_PRIOR)
 def test_straight_through_alone_carries_gradient_to_the_head(name):
   """With γ = 0 the only path from the task loss to the head is the straight-through mask."""
   assert any(np.any(g != 0) for g in jax.tree.leaves(_decider_grads(name, gamma=0.0)))
 
 
-def test_deep_start():
+@pytest.mark.parametrize('name', LEARNED)
+def test_deep_start(name):
   """Untrained deciders run deep (the collapse to depth 1 that peers report starts here)."""
-  for name in ('early', 'online', 'act'):
-    anira = Anira(tiny_model(), tiny_decider(name))
-    params = anira.init(jax.random.key(0))
-    out = anira.apply(params, jnp.ones((2, 8), jnp.int32), train=False, path='loop')
-    assert float(out.trajectory.depth_BxL.mean()) >= 3.0, name
+  anira = tiny_anira(name, tiny_model())
+  params = anira.init(jax.random.key(0))
+  out = anira.apply(params, jnp.ones((2, 8), jnp.int32), train=False, path='loop')
+  assert float(out.trajectory.depth_BxL.mean()) >= 3.0
 
 
-def test_registry_and_unknown_name():
-  assert set(deciders.DECIDERS) == {'fixed', 'early', 'online', 'act', 'ponder', 'oracle'}
+def test_registry_holds_the_papers_deciders_and_refuses_unknown_names():
+  assert {'fixed', 'early', 'online', 'act', 'ponder', 'oracle'} <= set(deciders.DECIDERS)
   with pytest.raises(ValueError, match='unknown decider'):
-    deciders.make(tiny_decider('sometimes'), tiny_model())
+    deciders.make('sometimes', tiny_model())

@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ALL_DECIDERS, assert_same_on_real_tokens, tiny_decider, tiny_model
+from conftest import ALL_DECIDERS, assert_same_on_real_tokens, tiny_anira, tiny_model
 from test_recurrence import _spread_halting
 
 from anira_jax import decoding
-from anira_jax.anira import Anira
 from anira_jax.model import layers
 
 
@@ -32,7 +31,7 @@ def _compare(anira, params, tokens, complexity):
 
 @pytest.mark.parametrize('name', ALL_DECIDERS)
 def test_same_as_masked_loop_for_every_decider(name):
-  anira = Anira(tiny_model(), tiny_decider(name))
+  anira = tiny_anira(name, tiny_model())
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
   out = _compare(anira, params, *_batch())
   if name != 'fixed':
@@ -47,7 +46,7 @@ def test_frozen_keys_that_depend_on_the_iteration(name, overrides):
   """Here a frozen token's keys change with t, so its cache levels above its depth are filled
   by running it on (state unchanged), not by copying its final keys. One row: each position's
   loop then ends at that token's own depth (in a batch, a deeper row would fill the levels)."""
-  anira = Anira(tiny_model(**overrides), tiny_decider(name))
+  anira = tiny_anira(name, tiny_model(**overrides))
   assert not decoding.static_frozen_kv(anira)
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
   tokens, complexity = _batch()
@@ -57,7 +56,7 @@ def test_frozen_keys_that_depend_on_the_iteration(name, overrides):
 
 
 def test_generate_continues_with_the_argmax_of_the_full_model():
-  anira = Anira(tiny_model(), tiny_decider('online'))
+  anira = tiny_anira('online', tiny_model())
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
   prompt = _batch()[0][:2, :4]
   tokens, depth = decoding.generate(anira, params, prompt, num_tokens=4)
@@ -74,6 +73,6 @@ def test_whole_sequence_in_several_causal_blocks(name, monkeypatch):
   with uses `layers.causal_attention`, here in blocks of 4 over 9 positions (sequences of the
   other tests fit one block)."""
   monkeypatch.setattr(layers, 'CAUSAL_BLOCK', 4)
-  anira = Anira(tiny_model(), tiny_decider(name))
+  anira = tiny_anira(name, tiny_model())
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
   _compare(anira, params, *_batch())

@@ -22,8 +22,8 @@ from anira_jax.training import loop
 _MESH_SCRIPT = textwrap.dedent('''
     import json, sys
     import jax
-    from anira_jax.training import loop, sharding, state as state_lib
-    from anira_jax import config as config_lib, evaluation
+    from anira_jax import evaluation, experiment, sharding, train_state as state_lib
+    from anira_jax.training import loop
     import tasks
     from tests.test_train import small_config
 
@@ -37,14 +37,15 @@ _MESH_SCRIPT = textwrap.dedent('''
       config.decider.name = decider
       config.model.width = 64  # big enough that fsdp really splits kernels
       config.mesh.data, config.mesh.fsdp = data, fsdp
-      task, anira = loop.build(config)
+      exp = experiment.build(config)
+      task, anira = exp.task, exp.anira
       mesh = sharding.make_mesh(config, devices=jax.devices()[:devices])
       tx = state_lib.make_optimizer(config.train)
       create, _, shardings, step = loop.compile_training(anira, tx, mesh, jax.random.key(1),
                                                          microbatches)
       state = create(jax.random.key(0))
       split = sum(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(shardings))
-      stream = tasks.Stream(task, config_lib.train_sizes(config), 32, seed=0)
+      stream = tasks.Stream(task, exp.train_sizes, 32, seed=0)
       losses = []
       for i in range(6):
         batch = sharding.global_batch(evaluation.device_batch(stream.batch(i)), mesh)
@@ -78,14 +79,14 @@ def test_sharded_training_matches_one_device(decider):
 _EVAL_SCRIPT = textwrap.dedent('''
     import json
     import jax
-    from anira_jax import evaluation
-    from anira_jax.training import loop, sharding
+    from anira_jax import evaluation, experiment, sharding
     import tasks
     from tests.test_train import small_config
 
     config = small_config()
-    config.decider.name, config.decider.rule = 'online', 'sample'  # per-token random draws
-    task, anira = loop.build(config)
+    config.decider.name, config.decider.online.rule = 'online', 'sample'  # random draws
+    exp = experiment.build(config)
+    task, anira = exp.task, exp.anira
     params = anira.init(jax.random.key(0))
     stream = tasks.Stream(task, (1, 2, 3, 4, 5, 6), 12, seed=3)  # 12 rows: 16 on 8 devices
     batches = [stream.batch(i) for i in range(2)]

@@ -12,13 +12,15 @@ from tasks import base, eval_sets
 SPLITS = {'train_range': (1, 2, 3, 4), 'longer': (6, 7, 8)}
 COUNT = 20
 SEED = 0
-FIELDS = ('tokens', 'targets', 'loss_mask', 'complexity')
+FIELDS = ('tokens', 'targets', 'loss_mask', 'annotated', 'complexity')
 
 
 def _size_from_example(task_name, options, ex):
   """Each example's size, recovered from its tokens independently of the sampler."""
-  if task_name == 'mano':
-    return (len(ex['tokens']) - 3) // 2  # 2L + 1 prefix tokens, '=', the answer
+  if task_name == 'mano':  # <bos>, a marker, 2L + 1 prefix tokens, a marker, the answer
+    return (len(ex['tokens']) - 5) // 2
+  if task_name == 'lano':  # terminals between <bos> and <eos>: 2-3, 6-9, 12-27, 30+ by height
+    return int(np.searchsorted([3, 9, 27], len(ex['tokens']) - 2) + 1)
   if options.get('layout') == 'ponder':
     return int(np.sum(ex['tokens'] != 1))  # entries set to +1 or -1 (token 1 is '0')
   return len(ex['tokens'])
@@ -28,6 +30,8 @@ CASES = [
     ('parity', {}, SPLITS),
     ('parity', {'layout': 'ponder', 'ponder_length': 16}, SPLITS),
     ('mano', {}, {'train_range': (1, 2, 3, 5), 'longer': (9, 12)}),
+    # LANO's parse and Bayes features come from `Task.annotate`.
+    ('lano', {}, {'train_range': (1, 2), 'longer': (2, 3)}),
 ]
 
 

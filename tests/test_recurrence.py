@@ -6,15 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ALL_DECIDERS, tiny_decider, tiny_model
+from conftest import ALL_DECIDERS, tiny_anira, tiny_model
 
 from anira_jax import recurrence
-from anira_jax.anira import Anira
 from anira_jax.deciders import Context
 
 
 def _setup(decider: str, seed: int = 0, **model_overrides):
-  anira = Anira(tiny_model(**model_overrides), tiny_decider(decider))
+  anira = tiny_anira(decider, tiny_model(**model_overrides))
   params = anira.init(jax.random.key(seed))
   tokens = jax.random.randint(jax.random.key(seed + 1), (3, 7), 1, 5)
   complexity = jax.random.randint(jax.random.key(seed + 2), (3, 7), 0, 4).astype(jnp.float32)
@@ -124,7 +123,7 @@ def test_frozen_token_equals_a_model_run_for_exactly_its_depth():
   anira, params, tokens, _ = _setup('oracle')
   depths = jnp.array([[4, 4, 3, 2, 4, 1, 1]])
   out = anira.apply(params, tokens[:1], train=False, complexity_BxL=depths - 1.0)
-  fixed = Anira(tiny_model(), tiny_decider('fixed'))
+  fixed = tiny_anira('fixed', tiny_model())
   for position, d in [(3, 2), (2, 3), (1, 4)]:
     ref = fixed.apply({'model': params['model'], 'decider': {}}, tokens[:1], train=False,
                       max_depth=d, path='loop')

@@ -41,16 +41,18 @@ def test_row_and_table_carry_every_number():
 
 def test_overrides_are_typed_and_checked():
   config = brevo.get_config()
-  study.apply_overrides(config, ['decider.gamma=0.5', 'train.steps=7', 'model.remat=false'])
-  assert config.decider.gamma == 0.5 and config.train.steps == 7 and config.model.remat is False
+  study.apply_overrides(config, ['decider.early.gamma=0.5', 'train.steps=7',
+                                 'model.remat=false'])
+  assert config.decider.early.gamma == 0.5 and config.train.steps == 7
+  assert config.model.remat is False
   study.apply_overrides(config, ['model.remat=True'])
   assert config.model.remat is True
   with pytest.raises(ValueError, match="model.remat='yes', expected true or false"):
     study.apply_overrides(config, ['model.remat=yes'])
-  with pytest.raises(ValueError, match="no config field 'decider.gama'"):
-    study.apply_overrides(config, ['decider.gama=1'])
+  with pytest.raises(ValueError, match="no config field 'decider.early.gama'"):
+    study.apply_overrides(config, ['decider.early.gama=1'])
   with pytest.raises(ValueError, match='expected FIELD=VALUE'):
-    study.apply_overrides(config, ['decider.gamma'])
+    study.apply_overrides(config, ['decider.early.gamma'])
 
 
 def test_finished_runs_are_read_not_recomputed(tmp_path, monkeypatch):

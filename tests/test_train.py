@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from anira_jax import recurrence
+import tasks
+from anira_jax import checkpoint, evaluation, experiment, recurrence
+from anira_jax import train_state as state_lib
 from anira_jax.model import cpu_attention, layers
-from anira_jax.training import checkpoint, loop
-from anira_jax.training import state as state_lib
+from anira_jax.training import loop
 from anira_jax.training import step as step_lib
 from experiments import parity
 
@@ -137,11 +138,12 @@ def test_corrupt_checkpoint_gives_one_line_naming_the_path(tmp_path):
 
 def test_non_finite_step_is_skipped_and_stops_the_run_keeping_params():
   config = small_config(steps=10, warmup_steps=2)
-  task, anira = loop.build(config)
+  exp = experiment.build(config)
+  task, anira = exp.task, exp.anira
   tx = state_lib.make_optimizer(config.train)
   state = state_lib.create(anira, tx, jax.random.key(0))
-  batch = loop.evaluation.device_batch(
-      loop.tasks.Stream(task, (1, 2, 3), 8, seed=0).batch(0))
+  batch = evaluation.device_batch(
+      tasks.Stream(task, (1, 2, 3), 8, seed=0).batch(0))
   poisoned = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
   new, metrics = step_lib.train_step(poisoned, batch, anira=anira, tx=tx, key=jax.random.key(1))
   assert int(new.skipped_steps) == 1 and not np.isfinite(metrics['loss'])
@@ -153,7 +155,8 @@ def test_non_finite_step_is_skipped_and_stops_the_run_keeping_params():
 def test_train_step_compiles_once_whatever_the_depths():
   config = small_config(steps=10, warmup_steps=2)
   config.decider.name = 'oracle'
-  task, anira = loop.build(config)
+  exp = experiment.build(config)
+  task, anira = exp.task, exp.anira
   tx = state_lib.make_optimizer(config.train)
   state = state_lib.create(anira, tx, jax.random.key(0))
   key = jax.random.key(1)
@@ -163,10 +166,10 @@ def test_train_step_compiles_once_whatever_the_depths():
   def step_fn(state, batch):
     return step_lib.train_step(state, batch, anira=anira, tx=tx, key=key)
 
-  stream = loop.tasks.Stream(task, (1, 2, 3, 4), 8, seed=0)
+  stream = tasks.Stream(task, (1, 2, 3, 4), 8, seed=0)
   depths = set()
   for i in range(3):
-    batch = loop.evaluation.device_batch(stream.batch(i))
+    batch = evaluation.device_batch(stream.batch(i))
     state, metrics = step_fn(state, batch)
     depths.add(float(metrics['mean_depth']))
   assert len(depths) > 1
@@ -178,9 +181,10 @@ def test_accumulated_gradients_equal_the_whole_batch(decider):
   differ between microbatches (mixed lengths), so per-microbatch means would not add up."""
   config = small_config(steps=10, warmup_steps=2)
   config.decider.name = decider
-  task, anira = loop.build(config)
+  exp = experiment.build(config)
+  task, anira = exp.task, exp.anira
   params = anira.init(jax.random.key(0))
-  batch = loop.evaluation.device_batch(loop.tasks.Stream(task, (1, 2, 3, 4), 32, seed=0).batch(0))
+  batch = evaluation.device_batch(tasks.Stream(task, (1, 2, 3, 4), 32, seed=0).batch(0))
   grads = functools.partial(step_lib.gradients, params, batch, jax.random.key(1), anira=anira)
   whole, whole_metrics = jax.jit(grads)()
   accumulated, accumulated_metrics = jax.jit(functools.partial(grads, accumulation_steps=4))()
@@ -201,9 +205,10 @@ def _gradients_with(decider, sizes=(1, 2, 3, 4), **model):
   config = small_config(steps=10, warmup_steps=2)
   config.decider.name = decider
   config.model.update(model)
-  task, anira = loop.build(config)
+  exp = experiment.build(config)
+  task, anira = exp.task, exp.anira
   params = anira.init(jax.random.key(0))
-  batch = loop.evaluation.device_batch(loop.tasks.Stream(task, sizes, 16, seed=0).batch(0))
+  batch = evaluation.device_batch(tasks.Stream(task, sizes, 16, seed=0).batch(0))
   return functools.partial(step_lib.gradients, anira=anira), (params, batch, jax.random.key(1))
 
 

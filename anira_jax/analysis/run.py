@@ -4,8 +4,9 @@
 
 Traces every configured evaluation split (the examples results.json was computed on) at the
 trained D and at a raised D, then runs alignment and generalization for every task, decision
-timing for BREVO, and the inference-rule trade-off for deciders with a rule (online, ponder; the
-others get their single point). Writes analysis.json, analysis.md and the PNGs below.
+timing for tasks that group their features (`Task.feature_groups`, BREVO), and the
+inference-rule trade-off for deciders with a rule (online, ponder; the others get their single
+point). Writes analysis.json, analysis.md and the PNGs below.
 """
 
 from __future__ import annotations
@@ -17,21 +18,12 @@ import pathlib
 import numpy as np
 from absl import logging
 
-from anira_jax import config as config_lib
 from anira_jax import inspect
+from anira_jax import trace as trace_lib
 from anira_jax.analysis import alignment, figures, generalization, timing, tradeoff
+from anira_jax.reporting import fmt
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9)  # median is the threshold 0.5
-TIMING_TASKS = ('brevo',)
-
-
-def annotated_mask(trace: inspect.Trace, task_name: str) -> np.ndarray:
-  """Answer tokens whose features are defined: BREVO annotates answer-node positions only (the
-  position whose target is <eos> is scored but carries no features)."""
-  mask = trace.answer_mask
-  if task_name == 'brevo':
-    mask = mask & (trace.features['graph_size'] > 0)
-  return mask
 
 
 def _json_safe(x):
@@ -48,10 +40,6 @@ def _json_safe(x):
   return x
 
 
-def _fmt(x, digits=3) -> str:
-  return '–' if x is None else f'{x:.{digits}f}'
-
-
 def summary_markdown(result: dict) -> str:
   """A short human-readable account of `analyze`'s result."""
   lines = [f'# Analysis: {result["task"]} · decider {result["decider"]} · step {result["step"]}',
@@ -60,33 +48,33 @@ def summary_markdown(result: dict) -> str:
            '|---|---|---|---|---|---|']
   for depth, table in result['generalization']['by_max_depth'].items():
     for cat, r in table['per_category'].items():
-      lines.append(f'| {depth} | {cat} | {r["examples"]} | {_fmt(r["token_accuracy"])} | '
-                   f'{_fmt(r["sequence_accuracy"])} | {_fmt(r["mean_depth"], 2)} |')
+      lines.append(f'| {depth} | {cat} | {r["examples"]} | {fmt(r["token_accuracy"])} | '
+                   f'{fmt(r["sequence_accuracy"])} | {fmt(r["mean_depth"], 2)} |')
   lines += ['', '## Alignment (all splits, answer tokens)', '',
             '| feature | Spearman ρ(E[d]) | 95% CI | Pearson r(E[d]) | 95% CI |',
             '|---|---|---|---|---|']
   for name, c in result['alignment']['all']['correlations'].items():
     e = c['expected_depth']
     ci = lambda v: '–' if v is None else f'[{v[0]:.2f}, {v[1]:.2f}]'  # noqa: E731
-    lines.append(f'| {name} | {_fmt(e["spearman"])} | {ci(e["spearman_ci"])} | '
-                 f'{_fmt(e["pearson"])} | {ci(e["pearson_ci"])} |')
+    lines.append(f'| {name} | {fmt(e["spearman"])} | {ci(e["spearman_ci"])} | '
+                 f'{fmt(e["pearson"])} | {ci(e["pearson_ci"])} |')
   if 'timing' in result:
     t = result['timing']
     lines += ['', '## Decision timing (correct samples only)', '',
               f'{t["samples"]} of {t["samples_total"]} samples, {t["tokens"]} of '
-              f'{t["tokens_total"]} tokens. R²({t["control"]} alone) = {_fmt(t["r2_control"])}, '
-              f'R²(full) = {_fmt(t["r2_full"])}.', '',
+              f'{t["tokens_total"]} tokens. R²({t["control"]} alone) = {fmt(t["r2_control"])}, '
+              f'R²(full) = {fmt(t["r2_full"])}.', '',
               '| group | R² added | partial R² | unique R² |', '|---|---|---|---|']
     for g, r in t['groups'].items():
-      lines.append(f'| {g} | {_fmt(r["added"])} | {_fmt(r["partial"])} | {_fmt(r["unique"])} |')
+      lines.append(f'| {g} | {fmt(r["added"])} | {fmt(r["partial"])} | {fmt(r["unique"])} |')
   trade = result['tradeoff']
   lines += ['', '## Inference rules', '']
   if not trade['applicable']:
     lines.append(trade['reason'])
   lines += ['', '| rule | token acc | cost/token | Pareto |', '|---|---|---|---|']
   for label, p in trade['points'].items():
-    lines.append(f'| {label} | {_fmt(p["token_accuracy"])} | '
-                 f'{_fmt(p["execution_cost_per_token"], 2)} | '
+    lines.append(f'| {label} | {fmt(p["token_accuracy"])} | '
+                 f'{fmt(p["execution_cost_per_token"], 2)} | '
                  f'{"yes" if label in trade["pareto"] else ""} |')
   lines += ['', '## Figures', ''] + [f'- `{f}`' for f in result['files'] if f.endswith('.png')]
   return '\n'.join(lines) + '\n'
@@ -103,33 +91,33 @@ def analyze(workdir, out_dir=None, *, step: int | None = None, num_batches: int 
   run = inspect.load(workdir, step)
   out = pathlib.Path(out_dir or run.workdir)
   out.mkdir(parents=True, exist_ok=True)
-  config, task_name, d = run.config, run.config.task.name, run.max_depth
-  splits = list(config_lib.eval_splits(config))
+  config, task, d = run.config, run.task, run.max_depth
+  train_sizes = run.experiment.train_sizes
+  splits = list(run.experiment.splits)
   counts = dict(num_batches=num_batches, batch_size=batch_size)
   traces = {name: run.trace_split(name, **counts) for name in splits}
-  pooled = inspect.concatenate(list(traces.values()))
+  pooled = trace_lib.concatenate(list(traces.values()))
   by_depth = {d: pooled}
   if run.anira.model_cfg.kind != 'standard':
     raised = raised_depth or (config.eval.max_depth if config.eval.max_depth > d else 2 * d)
-    by_depth[raised] = inspect.concatenate([run.trace_split(name, max_depth=raised, **counts)
-                                            for name in splits])
+    by_depth[raised] = trace_lib.concatenate(
+        [run.trace_split(name, max_depth=raised, **counts) for name in splits])
   logging.info('traced %d sequences at T in %s', pooled.batch_size, sorted(by_depth))
 
-  result = {'task': task_name, 'decider': config.decider.name, 'step': run.step,
+  result = {'task': task.name, 'decider': config.decider.name, 'step': run.step,
             'workdir': str(run.workdir), 'max_depth': d, 'rule': run.rule,
             'splits': {n: list(run.sizes(n)) for n in splits}}
   result['alignment'] = {
-      'all': alignment.alignment(pooled, annotated_mask(pooled, task_name), n_boot=n_boot,
-                                 seed=seed),
-      'splits': {n: alignment.alignment(t, annotated_mask(t, task_name), n_boot=0)
+      'all': alignment.alignment(pooled, pooled.analysis_mask, n_boot=n_boot, seed=seed),
+      'splits': {n: alignment.alignment(t, t.analysis_mask, n_boot=0)
                  for n, t in traces.items()}}
-  result['generalization'] = generalization.generalization(
-      by_depth, config_lib.train_sizes(config), d)
-  if task_name in TIMING_TASKS:
-    result['timing'] = timing.decision_timing(pooled, n_boot=n_boot, seed=seed)
+  result['generalization'] = generalization.generalization(by_depth, train_sizes, d)
+  if task.feature_groups:
+    result['timing'] = timing.decision_timing(pooled, task.feature_groups, task.timing_control,
+                                              n_boot=n_boot, seed=seed)
 
   # The split nearest the training distribution: the most training sizes, then config order.
-  train = set(config_lib.train_sizes(config))
+  train = set(train_sizes)
   first = max(splits, key=lambda n: (len(train & set(run.sizes(n))), -splits.index(n)))
   if run.rule is not None:
     rule_traces = {'mode': run.trace_split(first, rule='mode', **counts),
@@ -145,14 +133,14 @@ def analyze(workdir, out_dir=None, *, step: int | None = None, num_batches: int 
         'reason': f'decider {config.decider.name!r} has no inference rule; only its own point.',
         **tradeoff.tradeoff({config.decider.name: traces[first]})}
 
-  title = f'{task_name} · {config.decider.name} · step {run.step}'
+  title = f'{task.name} · {config.decider.name} · step {run.step}'
   files = [
       figures.depth_heatmap(traces[first], run.decode, out / 'depth_heatmap.png',
                             title=f'{title} · {first}'),
       figures.depth_vs_complexity(result['alignment']['all'], out / 'depth_vs_complexity.png',
                                   title=title),
-      figures.accuracy_depth_vs_size(result['generalization'],
-                                     out / 'generalization.png', title=title),
+      figures.generalization_figure(result['generalization'], out / 'generalization.png',
+                                    title=title),
       figures.pareto(result['tradeoff'], out / 'pareto.png', title=title)]
   if 'timing' in result:
     files.append(figures.variance_explained(result['timing'], out / 'variance_explained.png',

@@ -1,14 +1,15 @@
-"""Decision timing (BREVO): what does a decider's depth follow — static graph structure, or the
-state of the execution at the token? (DESIGN §6, paper finding 3)
+"""Decision timing: what does a decider's depth follow — static structure, or the state of the
+execution at the token? (DESIGN §6, paper finding 3, on BREVO)
 
-Expected depth is regressed on per-token features by ordinary least squares, with graph size as
-a categorical control (one-hot, one level dropped, plus an intercept), on the answer tokens of
-correctly answered samples only. For each feature group (and each single feature):
+Expected depth is regressed on per-token features by ordinary least squares, with a categorical
+control (one-hot, one level dropped, plus an intercept; graph size on BREVO), on the annotated
+tokens of correctly answered samples only. The groups and the control are the task's
+(`Task.feature_groups`, `Task.timing_control`). For each feature group (and each feature):
 - `alone`: R² of the group without the control;
 - `added`: R² gained by adding the group to the control-only model;
 - `partial`: `added` / (1 − R²(control)), the share of what the control leaves unexplained;
 - `unique`: R² lost by dropping the group from the full model (control + every group).
-`r2_control` is what graph size alone explains (≈ 28% for ANIRA-E in the paper).
+`r2_control` is what the control alone explains (graph size: ≈ 28% for ANIRA-E in the paper).
 """
 
 from __future__ import annotations
@@ -17,14 +18,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from anira_jax.analysis import alignment
-from anira_jax.inspect import Trace
-
-CONTROL = 'graph_size'
-BREVO_GROUPS = {
-    'static_structure': ('out_degree', 'in_degree', 'is_hub', 'num_ancestors'),
-    'execution_state': ('dfs_depth', 'frontier_size', 'newly_enabled'),
-}
+from anira_jax import stats
+from anira_jax.trace import Trace
 
 
 def dummies(values: np.ndarray) -> np.ndarray:
@@ -107,24 +102,21 @@ def _flatten(result: dict, prefix: str = '') -> dict[str, float | None]:
   return flat
 
 
-def decision_timing(trace: Trace, groups: Mapping[str, Sequence[str]] = BREVO_GROUPS,
-                    control: str | None = CONTROL, target: str = 'expected_depth',
-                    mask: np.ndarray | None = None, correct_only: bool = True, *,
-                    n_boot: int = 200, level: float = 0.95, seed: int = 0) -> dict:
+def decision_timing(trace: Trace, groups: Mapping[str, Sequence[str]], control: str | None,
+                    target: str = 'expected_depth', mask: np.ndarray | None = None,
+                    correct_only: bool = True, *, n_boot: int = 200, level: float = 0.95,
+                    seed: int = 0) -> dict:
   """`variance_explained` of a trace's `target` ('expected_depth' or 'depth') per token.
 
-  Tokens: `mask` (default: answer tokens where the control feature is annotated, i.e. > 0 —
-  BREVO annotates only positions whose target is an answer node), restricted to sequences whose
-  every answer token is correct when `correct_only`. Intervals resample whole sequences.
+  Tokens: `mask` (default: the annotated tokens, `trace.analysis_mask`), restricted to sequences
+  whose every answer token is correct when `correct_only`. Intervals resample whole sequences.
 
   Returns variance_explained's dict plus {'target', 'control', 'groups_features', 'samples',
   'tokens', 'samples_total', 'tokens_total', 'intervals': {'r2_control' | 'r2_full' |
   'groups/<g>/<stat>': [lo, hi] or None}}.
   """
   if mask is None:
-    mask = trace.answer_mask
-    if control is not None:
-      mask = mask & (trace.features[control] > 0)
+    mask = trace.analysis_mask
   samples_total, tokens_total = int(mask.any(-1).sum()), int(mask.sum())
   if correct_only:
     mask = mask & trace.sequence_correct[:, None]
@@ -143,13 +135,11 @@ def decision_timing(trace: Trace, groups: Mapping[str, Sequence[str]] = BREVO_GR
 
   intervals = {}
   if n_boot > 0 and len(y) > 2:
-    draws = [statistic(idx) for idx in alignment.cluster_indices(
+    draws = [statistic(idx) for idx in stats.cluster_indices(
         seq, len(y), np.random.default_rng(seed), n_boot)]
-    alpha = (1 - level) / 2
     for key in draws[0]:
       values = [d[key] for d in draws if d.get(key) is not None]
-      intervals[key] = ([float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
-                        if len(values) >= max(10, n_boot // 2) else None)
+      intervals[key] = stats.percentile_interval(values, level, min_count=max(10, n_boot // 2))
   return {**result, 'target': target, 'control': control,
           'groups_features': {g: list(v) for g, v in groups.items()},
           'samples': int(mask.any(-1).sum()), 'tokens': int(mask.sum()),

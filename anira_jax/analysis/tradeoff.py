@@ -11,22 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from anira_jax.inspect import Trace
-
-
-def point(trace: Trace, mask: np.ndarray | None = None) -> dict:
-  """{'token_accuracy', 'sequence_accuracy', 'mean_depth', 'mean_expected_depth' (answer
-  tokens of `mask`), 'execution_cost_per_token' (mean executed depth over real tokens)}."""
-  mask = trace.answer_mask if mask is None else mask
-  has = mask.any(-1)
-  ok = has & ~(mask & ~trace.correct).any(-1)
-  n = int(mask.sum())
-  return {'token_accuracy': float(trace.correct[mask].mean()) if n else None,
-          'sequence_accuracy': float(ok[has].mean()) if has.any() else None,
-          'mean_depth': float(trace.depth[mask].mean()) if n else None,
-          'mean_expected_depth': float(trace.expected_depth[mask].mean()) if n else None,
-          'execution_cost_per_token': float(trace.depth[trace.real].mean()),
-          'answer_tokens': n}
+from anira_jax import trace as trace_lib
+from anira_jax.trace import Trace
 
 
 def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> list[int]:
@@ -44,11 +30,12 @@ def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> list[int]:
 
 def tradeoff(traces: Mapping[str, Trace], cost: str = 'execution_cost_per_token',
              accuracy: str = 'token_accuracy') -> dict:
-  """One `point` per labelled trace (e.g. 'mode', 'median', 'threshold=0.3') and the front.
+  """One point (`trace.summary`) per labelled trace (e.g. 'mode', 'median', 'threshold=0.3')
+  and the front.
 
-  Returns {'cost', 'accuracy', 'points': {label: point}, 'pareto': [labels by cost]}.
+  Returns {'cost', 'accuracy', 'points': {label: summary}, 'pareto': [labels by cost]}.
   """
-  points = {label: point(t) for label, t in traces.items()}
+  points = {label: trace_lib.summary(t) for label, t in traces.items()}
   labels = [k for k, p in points.items() if p[accuracy] is not None]
   front = pareto_front([points[k][cost] for k in labels], [points[k][accuracy] for k in labels])
   return {'cost': cost, 'accuracy': accuracy, 'points': points,

@@ -1,22 +1,20 @@
-"""Compute-allocation deciders by name (DESIGN §3). Adding one: a module and a line below."""
+"""Compute-allocation deciders by name (DESIGN §3). Adding one: its module, and a line below."""
 
-from anira_jax.config import DeciderConfig, ModelConfig
-from anira_jax.deciders.act import Act
+from anira_jax import options
+from anira_jax.deciders import act, early, online, ponder, scheduled
 from anira_jax.deciders.base import Context, Decider, Decision
-from anira_jax.deciders.early import Early
-from anira_jax.deciders.online import Online
-from anira_jax.deciders.ponder import Ponder
-from anira_jax.deciders.scheduled import Fixed, Oracle
+from anira_jax.model.config import ModelConfig
 
-DECIDERS: dict[str, type[Decider]] = {
-    cls.name: cls for cls in (Fixed, Early, Online, Act, Ponder, Oracle)
-}
+DECIDERS: dict[str, type[Decider]] = {cls.name: cls for cls in (
+    scheduled.Fixed, early.Early, online.Online, act.Act, ponder.Ponder, scheduled.Oracle)}
 
 
-def make(cfg: DeciderConfig, model: ModelConfig) -> Decider:
-  if cfg.name not in DECIDERS:
-    raise ValueError(f'unknown decider {cfg.name!r}; known: {", ".join(sorted(DECIDERS))}')
-  return DECIDERS[cfg.name](cfg, model)
+def make(name: str, model: ModelConfig, opts: options.Options | None = None) -> Decider:
+  """The decider registered as `name`, with `opts` (its `Options`; default: their defaults)."""
+  if name not in DECIDERS:
+    raise ValueError(f'unknown decider {name!r}; known: {", ".join(sorted(DECIDERS))}')
+  cls = DECIDERS[name]
+  return cls(cls.Options() if opts is None else opts, model)
 
 
 __all__ = ['Context', 'DECIDERS', 'Decider', 'Decision', 'make']

@@ -2,7 +2,7 @@
 
 A decider is a set of pure functions that the recurrence (`anira_jax.recurrence`) calls around
 every iteration of the core, whichever way the iterations are executed (static unroll, while
-loop, compacted):
+loop, compacted, decoding):
 
     state = start(params, h0, ctx)                  # before iteration 1
     for t in 1..T:
@@ -12,9 +12,15 @@ loop, compacted):
     decision = finish(params, state, h, t_end, depth)
 
 `runs` returns a float mask whose forward value is exactly 0 or 1; a decider that learns through
-a straight-through estimator gives it a gradient (value = hard + (soft - stop_gradient(soft)), parenthesised so the forward value is exact), and
-the recurrence turns that into h = h + m * (core(h) - h) in the backward pass. The same functions
-in the same order are what makes training, the inference loop and compaction agree.
+a straight-through estimator gives it a gradient (value = hard + (soft - stop_gradient(soft)),
+parenthesised so the forward value is exact), and the recurrence turns that into
+h = h + m * (core(h) - h) in the backward pass. The same functions in the same order are what
+makes training, the inference loop, compaction and decoding agree.
+
+A decider is one module: its class (a `name`, an `Options` dataclass holding its
+hyper-parameters with their defaults and checks, its capabilities as class attributes, the steps
+above) plus one line in the registry (`deciders/__init__.py`). Its options are the config
+section `config.decider.<name>`; nothing outside the module knows them.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from anira_jax.config import DeciderConfig, ModelConfig
+from anira_jax import options
+from anira_jax.model.config import ModelConfig
+
+RULES = ('median', 'mode', 'threshold', 'sample')  # what a halting decider's `rule` may name
 
 State = dict[str, Any]
 
@@ -50,16 +59,76 @@ class Decision(NamedTuple):
   readout_BxLxD: jax.Array | None  # a state to read out instead of the exit state (ACT)
 
 
+@dataclasses.dataclass(frozen=True)
+class HeadOptions(options.Options):
+  """Options of a decider with a decision head."""
+
+  head_hidden: int = 64  # width of the decision head's MLP
+  init_depth_bias: float = 3.0  # deep start: initial logit margin towards deep computation
+
+  def check(self, path: str) -> None:
+    super().check(path)
+    options.integer(f'{path}.head_hidden', self.head_hidden, 1)
+    options.number(f'{path}.init_depth_bias', self.init_depth_bias, minimum=float('-inf'))
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthPriorOptions(options.Options):
+  """The paper's depth term γ · KL(q ‖ p_b) (ANIRA-E and ANIRA-O share it) [paper]."""
+
+  gamma: float = 0.01  # weight of KL(q ‖ p_b)
+  # b in p_b(d) ∝ b^-d: 1 = uniform prior (no depth penalty), > 1 charges log b per iteration.
+  prior_base: float = 1.5
+
+  def check(self, path: str) -> None:
+    super().check(path)
+    options.number(f'{path}.gamma', self.gamma, allow_minimum=True)
+    options.number(f'{path}.prior_base', self.prior_base)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleOptions(options.Options):
+  """The inference rule of a halting decider (see `online`)."""
+
+  rule: str = 'median'  # 'median' | 'mode' | 'threshold' | 'sample'
+  threshold: float = 0.5  # halting-CDF level of rule='threshold'
+
+  def check(self, path: str) -> None:
+    super().check(path)
+    options.choice(f'{path}.rule', self.rule, RULES)
+    options.open_unit(f'{path}.threshold', self.threshold)
+
+
 class Decider(abc.ABC):
-  """Base class; subclasses set `name` and implement the four steps above."""
+  """Base class; subclasses set `name` and `Options` and implement the steps above."""
 
   name: ClassVar[str]
+  Options: ClassVar[type[options.Options]] = options.Options
   reads_complexity: ClassVar[bool] = False  # only the oracle
   step_loss: ClassVar[bool] = False  # train on the q-weighted loss of every iteration (PonderNet)
+  has_rule: ClassVar[bool] = False  # `Options` holds an inference rule (`RuleOptions`)
 
-  def __init__(self, cfg: DeciderConfig, model: ModelConfig):
-    self.cfg = cfg
+  def __init__(self, opts: options.Options, model: ModelConfig):
+    if not isinstance(opts, self.Options):
+      raise TypeError(f'the {self.name} decider takes {self.Options.__name__}, not '
+                      f'{type(opts).__name__}')
+    self.options = opts
     self.model = model
+
+  @classmethod
+  def resolve(cls, opts: options.Options, train_sizes: tuple[int, ...]) -> options.Options:
+    """`opts` with any default that depends on the experiment filled in (e.g. the oracle's
+    largest complexity); most deciders have none."""
+    del train_sizes
+    return opts
+
+  @property
+  def rule_label(self) -> str | None:
+    """The inference rule as reports name it ('median', 'threshold=0.3'); None without one."""
+    if not self.has_rule:
+      return None
+    rule = self.options.rule
+    return f'threshold={self.options.threshold:g}' if rule == 'threshold' else rule
 
   def head(self) -> 'Head | None':
     """The decision head, or None for deciders that learn nothing (fixed, oracle)."""
@@ -95,6 +164,13 @@ class Decider(abc.ABC):
     del decision, depth_BxL, weight_BxL
     return jnp.zeros((), jnp.float32), {}
 
+  def halting_TxBxL(self, params: dict, states_TxBxLxD: jax.Array,
+                    depth_BxL: jax.Array) -> jax.Array:
+    """λ_t after every iteration t, from the state after t, for inspection; NaN for deciders
+    without a halting unit."""
+    del params, depth_BxL
+    return jnp.full(states_TxBxLxD.shape[:3], jnp.nan, jnp.float32)
+
 
 class Head(nn.Module):
   """The small decision MLP: norm -> dense -> gelu -> dense, run in float32."""
@@ -117,10 +193,15 @@ class Halting(Decider):
 
   def head(self) -> Head:
     # Deep start: λ ≈ sigmoid(-init_depth_bias) at every step, so early training runs deep.
-    return Head(self.cfg.head_hidden, 1, -self.cfg.init_depth_bias)
+    return Head(self.options.head_hidden, 1, -self.options.init_depth_bias)
 
   def halting_probability(self, params: dict, h_BxLxD: jax.Array) -> jax.Array:
     return jax.nn.sigmoid(self.head().apply({'params': params}, h_BxLxD)[..., 0])
+
+  def halting_TxBxL(self, params, states_TxBxLxD, depth_BxL):
+    # λ_T ≡ 1, as the decider sets it.
+    lam_TxBxL = jax.vmap(lambda h: self.halting_probability(params, h))(states_TxBxLxD)
+    return lam_TxBxL.at[-1].set(1.0)
 
 
 def weighted_mean(x: jax.Array, weight: jax.Array) -> jax.Array:

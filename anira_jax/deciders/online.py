@@ -19,17 +19,26 @@ A halted token's frozen state keeps feeding the head, so q is defined on all of 
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from anira_jax.deciders import base, early
 
 
+@dataclasses.dataclass(frozen=True)
+class OnlineOptions(base.HeadOptions, base.DepthPriorOptions, base.RuleOptions):
+  pass
+
+
 class Online(base.Halting):
   name = 'online'
+  Options = OnlineOptions
+  has_rule = True
 
   def _rule(self, train: bool) -> str:
-    return 'sample' if train else self.cfg.rule
+    return 'sample' if train else self.options.rule
 
   def start(self, params, h0_BxLxD, ctx):
     shape = h0_BxLxD.shape[:2]
@@ -39,7 +48,8 @@ class Online(base.Halting):
         raise ValueError(f'the {self.name} decider needs a key to sample halting steps')
       u_BxL = jax.random.uniform(ctx.key, shape, jnp.float32)
     else:
-      u_BxL = jnp.full(shape, self.cfg.threshold if rule == 'threshold' else 0.5, jnp.float32)
+      u_BxL = jnp.full(shape, self.options.threshold if rule == 'threshold' else 0.5,
+                       jnp.float32)
     return {'lam': jnp.zeros((*shape, ctx.max_depth), jnp.float32),
             'survival': jnp.ones(shape, jnp.float32),  # S_{t-1}, differentiable
             'halted': jnp.zeros(shape, bool),
@@ -75,4 +85,4 @@ class Online(base.Halting):
                          head_calls_BxL=depth_BxL.astype(jnp.int32), readout_BxLxD=None)
 
   def regularizer(self, decision, depth_BxL, weight_BxL):
-    return early.kl_regularizer(self.cfg, decision, weight_BxL)
+    return early.kl_regularizer(self.options, decision, weight_BxL)

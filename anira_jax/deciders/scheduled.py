@@ -6,9 +6,12 @@ what lets compacted inference plan its buffers before the recurrence starts.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
+from anira_jax import options
 from anira_jax.deciders import base
 
 
@@ -45,21 +48,37 @@ class Fixed(Scheduled):
     return self.schedule(depth_BxL, ctx.max_depth)
 
 
+@dataclasses.dataclass(frozen=True)
+class OracleOptions(options.Options):
+  max_complexity: float = 0.0  # complexity mapped to depth D; 0 = the largest training size
+
+  def check(self, path: str) -> None:
+    super().check(path)
+    options.number(f'{path}.max_complexity', self.max_complexity, allow_minimum=True)
+
+
 class Oracle(Scheduled):
   """Depth from the task's complexity annotation: 1 + (D-1)·min(c, c_max)/c_max, rounded down.
 
   An analysis tool, not a learned decider: it shows what allocation that tracks ground-truth
-  difficulty buys. c_max is `decider.oracle_max_complexity` (by default the largest training
-  size, filled in by `deciders.make`). Depths never exceed the trained D.
+  difficulty buys. c_max is `max_complexity` (by default the largest training size, filled in
+  by `resolve`). Depths never exceed the trained D.
   """
 
   name = 'oracle'
+  Options = OracleOptions
   reads_complexity = True
+
+  @classmethod
+  def resolve(cls, opts, train_sizes):
+    if opts.max_complexity:
+      return opts
+    return dataclasses.replace(opts, max_complexity=float(max(train_sizes)))
 
   def start(self, params, h0_BxLxD, ctx):
     if ctx.complexity_BxL is None:
       raise ValueError('the oracle decider needs the batch complexity annotation')
-    c_max = self.cfg.oracle_max_complexity
+    c_max = self.options.max_complexity
     frac_BxL = jnp.clip(ctx.complexity_BxL / c_max, 0.0, 1.0)
     depth_BxL = 1 + jnp.floor((self.model.max_depth - 1) * frac_BxL).astype(jnp.int32)
     return self.schedule(depth_BxL, ctx.max_depth)

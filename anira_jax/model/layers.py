@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
-from anira_jax.config import ModelConfig
+from anira_jax.model.config import ModelConfig
 from anira_jax.model import cpu_attention
 
 
@@ -172,15 +172,12 @@ def attention(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
   Returns [B, S, H, K]. Differentiated by JAX (training attends with `causal_attention`, which
   has its own backward pass).
 
-  Written out rather than `jax.nn.dot_product_attention` because of what XLA:CPU makes of that
-  one: it normalises the [B, H, S, N] probabilities before the value matmul and then copies them
-  into a transposed layout, two extra passes over the largest array of the layer. Here the heads
-  lead, keys are laid out [B, H, K, N] so that the score matmul reads both operands as they are
-  (faster than [B, H, N, K] for few queries, and in the train step), the exponentials go into
-  the value matmul unnormalised and the [B, H, S, K] output is divided by the row sums instead:
-  the same function (to float rounding; tests/test_layers.py) in ~2/3 of the time at L = 512
-  and ~1/2 for a gathered subset of queries. Scores and softmax are float32 whatever the matmul
-  dtype; a row with no visible key (never formed here) would average all values, not fail.
+  Written out rather than `jax.nn.dot_product_attention`, which XLA:CPU compiles into two
+  extra passes over the [B, H, S, N] probabilities (a normalisation and a transposed copy):
+  here keys are laid out [B, H, K, N] for the score matmul, and the exponentials enter the value
+  matmul unnormalised, the output divided by the row sums (docs/performance.md). The same
+  function to float rounding (tests/test_layers.py). Scores and softmax are float32 whatever the
+  matmul dtype; a row with no visible key (never formed here) would average all values.
   """
   q_BxHxSxK, k_BxHxKxN, v_BxHxNxK = _heads_major(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK)
   out_BxHxSxK, _ = _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN)
@@ -214,9 +211,7 @@ def _attention_forward(q_BxHxSxK, k_BxHxKxN, v_BxHxNxK, mask_BxSxN):
   return out_BxHxSxK, (max_BxHxSx1 + jnp.log(total_BxHxSx1))[..., 0]
 
 
-# Query block of `causal_attention`: measured on the 2-core CPU (B·L = 8192 tokens, 4 heads of
-# 32), blocks of 128 queries ran the layer's attention 1.6-1.8x faster than one block at
-# L = 512-2048 and 1.3x at L = 256; blocks of 64 were slower, of 256 slower or no faster.
+# Query block of `causal_attention`'s plain JAX path (the fastest measured: docs/performance.md).
 CAUSAL_BLOCK = 128
 
 # Names of what `causal_attention` keeps for its backward pass, for checkpoint policies
@@ -252,10 +247,9 @@ def blocked_causal_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
   up to their own last position, with its own backward pass (`_causal_attention_bwd`).
 
   Blocking skips the score blocks that the mask would discard (about half of them for long
-  sequences) and keeps each block's [B, H, 128, <= L] scores small enough to stay in cache:
-  both halve the cost of the full [B, H, L, L] at L >= 512. Returns [B, L, H, K]; the same
-  function as `attention(q, k, v, causal_mask(arange(L)))`, values and gradients
-  (tests/test_layers.py).
+  sequences) and keeps each block's [B, H, 128, <= L] scores small enough to stay in cache.
+  Returns [B, L, H, K]; the same function as `attention(q, k, v, causal_mask(arange(L)))`,
+  values and gradients (tests/test_layers.py).
   """
   out_BxHxLxK, _ = _causal_forward(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
   return _heads_last(out_BxHxLxK, q_BxLxHxK.dtype)
@@ -290,14 +284,9 @@ def _causal_attention_bwd(residuals, dout_BxLxHxK):
   From the saved output and row log-sum-exp it recomputes each block's probabilities once, and
   forms every gradient in the transposed [.., keys, queries] orientation, so that each of the
   five matmuls per block contracts the minor axis of its left operand, which is what XLA:CPU
-  runs in YNNPACK. The gradients leave in the caller's [B, L, H, K] layout, so the transposes
-  back from heads-major are copies of their own. Returned heads-major (as a custom_vjp per block
-  must), the final [K, S] -> [S, K] swaps are transposes that XLA may fold into the dq and dk
-  matmuls, and with more than one block it did, running those matmuls outside YNNPACK.
-  Differentiated by JAX instead, the backward pass recomputed the whole forward attention and
-  contracted two matmuls over a major axis. Measured on the whole train step
-  (benchmarks/train_step.py, 8,192 tokens a batch): 13% faster than with JAX's derivative at
-  L = 256, 16% at L = 512, and as fast as the per-block version at L = 64 and 128.
+  runs in YNNPACK. The gradients leave in the caller's [B, L, H, K] layout: heads-major, XLA
+  folded the final swaps into the dq and dk matmuls and ran them outside YNNPACK
+  (docs/performance.md).
   """
   q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, out_BxHxLxK, logsumexp_BxHxL = residuals
   length, head_dim = q_BxLxHxK.shape[1], q_BxLxHxK.shape[-1]
@@ -364,10 +353,9 @@ def attend_ragged(q_TxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array
   are q[row_starts[b] : row_starts[b + 1]] (row_starts [B + 1], ascending from 0); queries past
   row_starts[B] are padding, their output zeros. Returns [T, H, K]. Inference only.
 
-  Compaction's layout: a [B, S] one pads every row to the row with the most active tokens.
-  Where the CPU kernel applies it reads this layout as it is; the plain JAX path places row b's
-  queries in slots 0.. of a [B, min(T, N)] layout, so its attention may cost up to a full
-  causal pass.
+  Compaction's layout (a [B, S] one would pad every row to the busiest). Where the CPU kernel
+  applies it reads this layout as it is; the plain JAX path places row b's queries in slots 0..
+  of a [B, min(T, N)] layout, so its attention may cost up to a full causal pass.
   """
   if cpu_attention.supports(q_TxHxK, k_BxNxHxK, v_BxNxHxK):
     return cpu_attention.ragged_forward(q_TxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_T,

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from anira_jax.config import ModelConfig
+from anira_jax.model.config import ModelConfig
 from anira_jax.model import layers
 
 

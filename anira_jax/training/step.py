@@ -1,4 +1,4 @@
-"""The jitted train and evaluation steps: pure functions of (state, batch)."""
+"""The train step: a pure function of (state, batch), jitted by the loop with shardings."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import jax.numpy as jnp
 import optax
 
 from anira_jax.anira import Anira
-from anira_jax.deciders import base
+from anira_jax.train_state import TrainState
 from anira_jax.training import objective
-from anira_jax.training.state import TrainState
 
 
 def gradients(params: dict, batch: dict, key: jax.Array, *, anira: Anira,
@@ -70,19 +69,3 @@ def train_step(state: TrainState, batch: dict, *, anira: Anira, tx: optax.Gradie
                          opt_state=keep(opt_state, state.opt_state),
                          skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
   return new_state, {**metrics, 'grad_norm': grad_norm}
-
-
-def eval_step(params: dict, batch: dict, key: jax.Array, *, anira: Anira,
-              max_depth: int | None = None) -> dict:
-  """Per-token outcomes of the inference loop on one batch, for host-side aggregation; `key` is
-  read only by rule='sample' (online, ponder)."""
-  out = anira.apply(params, batch['tokens'], train=False, key=key,
-                    complexity_BxL=batch['complexity'], path='loop', max_depth=max_depth)
-  q_BxLxT = out.trajectory.decision.q_BxLxT
-  return {
-      'correct': jnp.argmax(out.logits_BxLxV, -1) == batch['targets'],
-      'depth': out.trajectory.depth_BxL,
-      'expected_depth': base.expected_depth(q_BxLxT),
-      'head_calls': out.trajectory.decision.head_calls_BxL,
-      'iterations': out.trajectory.iterations,
-  }

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from anira_jax.config import ConfigError
+from anira_jax.options import ConfigError
 
 BATCH_AXES = ('data', 'fsdp')
 

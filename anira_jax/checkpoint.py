@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import pathlib
 
-import jax
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -53,7 +52,3 @@ def restore_config(mngr: ocp.CheckpointManager, step: int) -> dict:
   except Exception as e:
     raise CheckpointError(f'cannot read the config of checkpoint step {step} in '
                           f'{mngr.directory}: {type(e).__name__}') from e
-
-
-def abstract(tree):
-  return jax.eval_shape(lambda: tree)
