@@ -3,8 +3,9 @@
 The halting head and q are ANIRA-O's. Training runs every token through all T iterations and
 minimises the q-weighted loss of the readout after each iteration, Σ_t q(t) L(y, ŷ_t) (the
 recurrence collects every iteration's state for it), plus β · KL against a truncated geometric
-prior with parameter λ_p. The paper writes KL(q ‖ p_G); common reimplementations compute
-KL(p_G ‖ q) — `kl` chooses ('prior_q' default). Inference halts per token with
+prior with parameter λ_p. The paper's Eq. (3) is KL(q ‖ p_G), the default (`kl='q_prior'`); the
+common reimplementations (labml, mildlyoverfitted: `nn.KLDivLoss(q.log(), p_G)`) compute
+KL(p_G ‖ q), `kl='prior_q'`. Inference halts per token with
 the online rules, so unlike training it freezes halted tokens: PonderNet's training does not
 model the early exit it is evaluated with.
 """
@@ -26,7 +27,7 @@ KL_DIRECTIONS = ('prior_q', 'q_prior')
 class PonderOptions(base.HeadOptions, base.RuleOptions):
   beta: float = 0.01  # weight of the KL term
   lambda_p: float = 0.2  # λ_p of the geometric prior
-  kl: str = 'prior_q'  # 'prior_q': KL(prior ‖ q) (common reimplementations) | 'q_prior'
+  kl: str = 'q_prior'  # 'q_prior': KL(q ‖ prior), the paper's | 'prior_q': reimplementations'
 
   def check(self, path: str) -> None:
     super().check(path)
