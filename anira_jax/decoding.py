@@ -207,26 +207,44 @@ def decode_logits(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
   return Output(swap(outs.logits_BxV), trajectory)
 
 
-def generate(anira: Anira, params: dict, prompt_BxP: jax.Array, num_tokens: int, *,
-             complexity_BxL: jax.Array | None = None,
-             max_depth: int | None = None) -> tuple[jax.Array, jax.Array]:
-  """Greedy decoding: the prompt, then `num_tokens` argmax tokens, each at its own depth.
+class Generation(NamedTuple):
+  """Greedy decoding of every row: its tokens and what decoding each position decided."""
 
+  tokens_BxL: jax.Array  # the prompts, then the argmax continuations
+  depth_BxL: jax.Array  # int32 iterations of the token at each position (which predicts the next)
+  q_BxLxT: jax.Array
+  head_calls_BxL: jax.Array
+
+
+def generate(anira: Anira, params: dict, prompt_BxP: jax.Array, num_tokens: int, *,
+             prompt_lengths_B: jax.Array | None = None,
+             complexity_BxL: jax.Array | None = None,
+             max_depth: int | None = None) -> Generation:
+  """Greedy decoding: each row's prompt, then argmax tokens, each at its own depth, up to
+  P + num_tokens positions.
+
+  Row b's prompt is prompt_BxP[b, :prompt_lengths_B[b]] (default: all P tokens); from there on
+  the row feeds back its own argmax, so prompts of different lengths decode in one batch.
   `complexity_BxL` (oracle only) covers prompt and continuation, [B, P + num_tokens].
-  Returns (tokens [B, P + num_tokens], depth [B, P + num_tokens]).
   """
   batch, prompt_len = prompt_BxP.shape
   length = prompt_len + num_tokens
+  lengths_B = (jnp.full((batch,), prompt_len) if prompt_lengths_B is None
+               else jnp.asarray(prompt_lengths_B))
   step = jax.jit(functools.partial(decode_step, anira, max_depth=max_depth), donate_argnums=1)
   cache = init_cache(anira, batch, length, max_depth)
-  tokens, depths = [], []
+  outs = []
   token_B = prompt_BxP[:, 0]
+  tokens = [token_B]
   for position in range(length):
-    if position < prompt_len:
-      token_B = prompt_BxP[:, position]
     complexity_B = None if complexity_BxL is None else complexity_BxL[:, position]
     out, cache = step(params, cache, token_B, jnp.int32(position), complexity_B)
-    tokens.append(token_B)
-    depths.append(out.depth_B)
-    token_B = jnp.argmax(out.logits_BxV, -1).astype(prompt_BxP.dtype)
-  return jnp.stack(tokens, 1), jnp.stack(depths, 1)
+    outs.append(out)
+    if position + 1 < length:
+      prompt_B = prompt_BxP[:, min(position + 1, prompt_len - 1)]
+      argmax_B = jnp.argmax(out.logits_BxV, -1).astype(prompt_BxP.dtype)
+      token_B = jnp.where(position + 1 < lengths_B, prompt_B, argmax_B)
+      tokens.append(token_B)
+  stack = lambda name: jnp.stack([getattr(o, name) for o in outs], 1)  # noqa: E731
+  return Generation(jnp.stack(tokens, 1), stack('depth_B'), stack('q_BxT'),
+                    stack('head_calls_B'))

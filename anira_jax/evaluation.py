@@ -12,7 +12,8 @@ seed and the split's *name* (never its position among the splits), in either sou
 per-token `Trace` on the host and reports `trace.split_results` per split: token and sequence
 accuracy, mean executed depth and E_q[d] over answer tokens, the depth histogram, execution and
 decision cost, Spearman ρ of depth against complexity, the same per size, and the loop's mean
-iteration count.
+iteration count; for tasks graded by generation (BREVO), also the generated answers' verdicts
+(`generation`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import tasks
-from anira_jax import sharding
+from anira_jax import generation, sharding
 from anira_jax import trace as trace_lib
 from anira_jax.anira import Anira
 from anira_jax.deciders import base as deciders_base
@@ -146,15 +147,39 @@ def trace_batches(anira: Anira, params: dict, batches: Iterable[dict],
     traces.append(trace_lib.Trace(
         tokens=batch['tokens'], max_depth=max_depth or anira.model_cfg.max_depth,
         loss_mask=batch['loss_mask'], annotated=batch.get('annotated'),
-        complexity=batch['complexity'], size=batch['size'], **per_token))
+        complexity=batch['complexity'], size=batch['size'],
+        features=batch.get('features', {}), **per_token))
   return trace_lib.concatenate(traces), float(np.mean(iterations))
 
 
 def evaluate_batches(anira: Anira, params: dict, batches: Iterable[dict],
-                     max_depth: int | None = None, mesh=None) -> dict:
-  """The results dictionary of one split from its host batches (see the module docstring)."""
+                     max_depth: int | None = None, mesh=None,
+                     task: tasks.Task | None = None) -> dict:
+  """The results dictionary of one split from its host batches (see the module docstring).
+
+  With the `task`: for an ambiguous one (a `ceiling_feature`, LANO) the ceiling's accuracy and
+  the model's share of it; for one graded by generation (`tasks.Generative`, BREVO)
+  'generation': every row generated greedily after its prompt and graded
+  (`generation.results`).
+  """
+  batches = list(batches)
   trace, mean_iterations = trace_batches(anira, params, batches, max_depth, mesh)
-  return {**trace_lib.split_results(trace), 'mean_loop_iterations': mean_iterations}
+  ceiling = None if task is None else task.ceiling_feature
+  results = {**trace_lib.split_results(trace, ceiling), 'mean_loop_iterations': mean_iterations}
+  if isinstance(task, tasks.Generative):
+    results['generation'] = generation.results(
+        *generation_traces(anira, params, task, batches, max_depth))
+  return results
+
+
+def generation_traces(anira: Anira, params: dict, task: tasks.Generative, batches: Iterable[dict],
+                      max_depth: int | None = None
+                      ) -> tuple[trace_lib.Trace, dict[str, np.ndarray]]:
+  """`generation.generate_trace` over host batches, concatenated."""
+  traces, verdicts = zip(*(generation.generate_trace(anira, params, task, b, max_depth)
+                           for b in batches))
+  return (trace_lib.concatenate(traces),
+          {name: np.concatenate([v[name] for v in verdicts]) for name in verdicts[0]})
 
 
 def evaluate(experiment: Experiment, params: dict, sets: Sets, step: int,
@@ -163,7 +188,8 @@ def evaluate(experiment: Experiment, params: dict, sets: Sets, step: int,
   the experiment's model (e.g. with another inference rule)."""
   anira = anira or experiment.anira
   splits = {name: {'sizes': list(sizes),
-                   **evaluate_batches(anira, params, batches(), max_depth, mesh)}
+                   **evaluate_batches(anira, params, batches(), max_depth, mesh,
+                                      experiment.task)}
             for name, (sizes, batches) in sets.items()}
   config = experiment.config
   return {'task': config.task.name, 'decider': config.decider.name, 'step': step,

@@ -223,6 +223,20 @@ class Run:
                         for i, b in enumerate(self.batches(split_or_sizes, num_batches,
                                                            batch_size))])
 
+  def generate_split(self, split_or_sizes, rule: str | None = None,
+                     threshold: float | None = None, max_depth: int | None = None,
+                     num_batches: int | None = None, batch_size: int | None = None
+                     ) -> tuple[Trace, dict[str, np.ndarray]]:
+    """For a task graded by generation (BREVO): every row of a split (or sizes) generated
+    greedily after its prompt, as a Trace of the generated answers, and the task's verdicts
+    per row (`generation.generate_trace`)."""
+    if not isinstance(self.task, tasks.Generative):
+      raise ValueError(f'task {self.task.name!r} is scored token by token, not by generation; '
+                       'use trace_split')
+    return evaluation.generation_traces(self.model(rule, threshold), self.params, self.task,
+                                        self.batches(split_or_sizes, num_batches, batch_size),
+                                        max_depth)
+
   def evaluate(self, split_or_sizes, rule: str | None = None, threshold: float | None = None,
                max_depth: int | None = None, num_batches: int | None = None,
                batch_size: int | None = None) -> dict:
@@ -230,7 +244,7 @@ class Run:
     batches = self.batches(split_or_sizes, num_batches, batch_size)
     return {'sizes': list(self.sizes(split_or_sizes)),
             **evaluation.evaluate_batches(self.model(rule, threshold), self.params, batches,
-                                          max_depth)}
+                                          max_depth, task=self.task)}
 
   def results(self, rule: str | None = None, threshold: float | None = None,
               max_depth: int | None = None) -> dict:

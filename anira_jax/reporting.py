@@ -38,15 +38,24 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def table(results: dict) -> str:
-  """A fixed-width summary of results['splits'] for the end of a run."""
-  head = (f'{"split":<16}{"sizes":>10}{"token acc":>11}{"seq acc":>9}{"depth":>7}'
-          f'{"E[d]":>7}{"ρ(d,c)":>8}')
+  """A fixed-width summary of results['splits'] for the end of a run: teacher-forced accuracy,
+  the share of the ceiling (ambiguous tasks), the accuracy of generated answers (tasks graded by
+  generation), depth and its rank correlation with complexity."""
+  splits = results['splits']
+  ceiling = any('share_of_ceiling' in r for r in splits.values())
+  generated = any('generation' in r for r in splits.values())
+  head = (f'{"split":<16}{"sizes":>10}{"token acc":>11}{"seq acc":>9}'
+          + (f'{"/ceiling":>10}' if ceiling else '') + (f'{"gen acc":>9}' if generated else '')
+          + f'{"depth":>7}{"E[d]":>7}{"ρ(d,c)":>8}')
   lines = [head, '-' * len(head)]
-  for name, r in results['splits'].items():
+  for name, r in splits.items():
     sizes = f'{min(r["sizes"])}-{max(r["sizes"])}'
-    lines.append(f'{name:<16}{sizes:>10}{fmt(r["token_accuracy"]):>11}'
-                 f'{fmt(r["sequence_accuracy"]):>9}{fmt(r["mean_depth"], 2):>7}'
-                 f'{fmt(r["mean_expected_depth"], 2):>7}'
+    line = f'{name:<16}{sizes:>10}{fmt(r["token_accuracy"]):>11}{fmt(r["sequence_accuracy"]):>9}'
+    if ceiling:
+      line += f'{fmt(r.get("share_of_ceiling")):>10}'
+    if generated:
+      line += f'{fmt(r.get("generation", {}).get("accuracy")):>9}'
+    lines.append(line + f'{fmt(r["mean_depth"], 2):>7}{fmt(r["mean_expected_depth"], 2):>7}'
                  f'{fmt(r["spearman_depth_complexity"], 2):>8}')
   return '\n'.join(lines)
 

@@ -166,9 +166,18 @@ def per_size(trace: Trace) -> dict[int, dict]:
   return result
 
 
-def split_results(trace: Trace) -> dict:
+def ceiling_accuracy(trace: Trace, feature: str, rows_B: np.ndarray | None = None) -> float:
+  """The Bayes-optimal predictor's expected token accuracy over the answer tokens of `rows_B`:
+  the mean of `feature`, which holds it per position (`Task.ceiling_feature`)."""
+  answer = trace.answer_mask if rows_B is None else trace.answer_mask & rows_B[:, None]
+  return float(trace.features[feature][answer].mean())
+
+
+def split_results(trace: Trace, ceiling_feature: str | None = None) -> dict:
   """One evaluation split's entry of results.json: `summary`, the depth histogram over answer
-  tokens, Spearman ρ of depth against complexity, and `per_size`."""
+  tokens, Spearman ρ of depth against complexity, and `per_size`. With a `ceiling_feature`
+  (tasks whose answer is ambiguous), also the ceiling's token accuracy and the model's as a
+  share of it, in total and per size."""
   answer = trace.answer_mask
   depth = trace.depth[answer]
   histogram = collections.Counter(depth.tolist())
@@ -177,6 +186,12 @@ def split_results(trace: Trace) -> dict:
   result['spearman_depth_complexity'] = (None if trace.complexity is None else
                                          stats.spearman(depth, trace.complexity[answer]))
   result['per_size'] = per_size(trace)
+  if ceiling_feature is not None:
+    for entry, rows_B in [(result, None), *((result['per_size'][s], trace.size == s)
+                                            for s in result['per_size'])]:
+      ceiling = ceiling_accuracy(trace, ceiling_feature, rows_B)
+      entry['ceiling_token_accuracy'] = ceiling
+      entry['share_of_ceiling'] = entry['token_accuracy'] / ceiling
   return result
 
 

@@ -16,6 +16,8 @@ import pathlib
 import ml_collections
 
 from anira_jax import config as config_lib
+from anira_jax import deciders
+from anira_jax.deciders import base as deciders_base
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -61,7 +63,16 @@ def share_depth_prior(config: ml_collections.ConfigDict, *, gamma: float,
     config.decider[name].update(gamma=gamma, prior_base=prior_base)
 
 
-SCALES = ('cpu', 'paper')
+SCALES = ('cpu', 'paper', 'paper_large')
+# The paper's two synthetic model sizes: 5.1 M and 13.7 M parameters (besides the embedding and
+# LM head, which grow with the task's vocabulary), of which the decision head is ~8%. One layer
+# each for prelude, shared core and coda: with one core layer a halted token's keys and values
+# are the same at every later iteration, so decoding reads them at level min(d, d*) and saves
+# the work of its skipped iterations, as the paper describes.
+PAPER_MODELS = {
+    'paper': dict(width=360, num_heads=6, head_hidden=1150),
+    'paper_large': dict(width=592, num_heads=8, head_hidden=1850),
+}
 
 
 def check_scale(scale: str) -> None:
@@ -69,13 +80,20 @@ def check_scale(scale: str) -> None:
     raise ValueError(f'scale={scale!r}; choose one of {", ".join(SCALES)}')
 
 
-def use_paper_scale(config: ml_collections.ConfigDict, max_depth: int) -> None:
-  """The paper's ~5 M-parameter model and an accelerator-sized schedule (bfloat16 matmuls)."""
-  config.model.update(width=320, num_heads=8, prelude_layers=1, core_layers=2, coda_layers=1,
-                      max_depth=max_depth, dtype='bfloat16')
-  config.train.update(steps=50_000, batch_size=256, warmup_steps=1000, log_every=200,
+def use_paper_scale(config: ml_collections.ConfigDict, max_depth: int,
+                    scale: str = 'paper') -> None:
+  """The paper's model (`PAPER_MODELS[scale]`, bfloat16 matmuls, for accelerators) and schedule:
+  250k AdamW steps."""
+  model = PAPER_MODELS[scale]
+  config.model.update(width=model['width'], num_heads=model['num_heads'], mlp_ratio=4,
+                      prelude_layers=1, core_layers=1, coda_layers=1, max_depth=max_depth,
+                      dtype='bfloat16')
+  for name, cls in deciders.DECIDERS.items():
+    if issubclass(cls.Options, deciders_base.HeadOptions):
+      config.decider[name].head_hidden = model['head_hidden']
+  config.train.update(steps=250_000, batch_size=256, warmup_steps=2000, log_every=500,
                       checkpoint_every=5000)
-  config.eval.update(batch_size=256, num_batches=8, every_steps=5000)
+  config.eval.update(batch_size=256, num_batches=8, every_steps=10_000)
 
 
 def make_quick(config: ml_collections.ConfigDict) -> None:

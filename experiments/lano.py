@@ -5,8 +5,8 @@
     python launch.py --config=experiments/lano.py:scale=paper
     python launch.py --config=experiments/lano.py:quick --workdir=/tmp/lano
 
-Variants: `decider=NAME` (any registered decider), `scale=cpu|paper`, `quick` (a few steps, for
-smoke tests; combines with either scale). The size is the derivation's height, 1..6 (6 = whole
+Variants: `decider=NAME` (any registered decider), `scale=cpu|paper|paper_large`, `quick` (a
+few steps, for smoke tests; combines with any scale). The size is the derivation's height, 1..6 (6 = whole
 cfg3b strings from the root, 90-486 terminals). The grammar is ambiguous, so next-token accuracy
 has a ceiling well below 1; the study is how depth follows "expansion" (tasks/lano.py).
 
@@ -38,7 +38,7 @@ def get_config(arg=None):
   else:
     config = common.task_experiment('lano', train='6', decider=args.decider)
     config.eval.splits = {'in_distribution': '6', 'lower': '1-5'}
-    common.use_paper_scale(config, max_depth=6)
+    common.use_paper_scale(config, max_depth=6, scale=args.scale)
 
   if args.quick:
     common.make_quick(config)

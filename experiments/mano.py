@@ -2,31 +2,39 @@
 
     python launch.py --config=experiments/mano.py
     python launch.py --config=experiments/mano.py:decider=online
+    python launch.py --config=experiments/mano.py:marker=false
     python launch.py --config=experiments/mano.py:scale=paper
     python launch.py --config=experiments/mano.py:quick --workdir=/tmp/mano
 
-Variants: `decider=NAME` (any registered decider), `scale=cpu|paper`, `quick` (a few steps, for
-smoke tests; combines with either scale).
+Variants: `decider=NAME` (any registered decider), `marker=true|false` (the original format's
+markers naming L, the default, or none: a static cue ANIRA-E can read and ANIRA-O need not, so
+the E/O contrast with and without it is a finding of its own), `scale=cpu|paper|paper_large`,
+`quick` (a few steps, for smoke tests; combines with any scale). The format is Physics of
+Language Models 4.1's (tasks/mano.py); with markers, every held-out or longer L brings marker
+tokens never seen in training.
 
-- `scale=cpu` (default) fits a 2-core CPU in about a quarter of an hour: L = 1-6 with L = 4 held
-  out, values mod 5, D = 6, width 128 (0.6 M parameters), sinusoidal positions, batch 128, 2500
-  steps. Evaluated on the trained L, the held-out L = 4 and longer trees (L = 7-8).
-- `scale=paper` is the paper's setting, for an accelerator: L = 3-16 with L = 10 held out, values
-  mod 23, D = 14, width 320, 8 heads, 1 + 2 + 1 layers (5.0 M parameters, the paper's 5.1 M),
-  batch 256, 50k steps, bfloat16. Evaluated on the trained L, L = 10, and L = 17-20.
+- `scale=cpu` (default) fits a 2-core CPU: L = 1-6 with L = 4 held out, values mod 5, D = 6,
+  width 128, sinusoidal positions, batch 128, 2500 steps. Evaluated on the trained L, the
+  held-out L = 4 and longer trees (L = 7-8).
+- `scale=paper` / `paper_large`: the paper's setting, for an accelerator: L = 3-16 with L = 10
+  held out, values mod 23, D = 14, the paper's 5.1 M / 13.7 M-parameter model
+  (`common.PAPER_MODELS`), batch 256, 250k steps, bfloat16. Evaluated on the trained L, L = 10,
+  and L = 17-20.
 """
 
 from experiments import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
+  args = common.parse_arg(arg, decider='early', scale='cpu', marker=True, quick=False)
   common.check_scale(args.scale)
 
   if args.scale == 'cpu':
     # A small prime keeps the answer space (and the number of facts to learn) small.
     config = common.task_experiment('mano', train='1-6', holdout='4', longer='7-8',
-                                    options={'modulus': 5, 'max_ops': 8}, decider=args.decider)
+                                    options={'modulus': 5, 'max_ops': 8,
+                                             'length_marker': args.marker},
+                                    decider=args.decider)
     # Parsing prefix notation means counting pending operands, which needs absolute positions
     # (as parity does: with RoPE alone a first run reached 0.56 in distribution).
     config.model.update(width=128, num_heads=4, max_depth=6, position='sinusoidal')
@@ -34,9 +42,12 @@ def get_config(arg=None):
                         checkpoint_every=500)
     config.eval.every_steps = 1000
   else:
+    # max_ops: the largest evaluated L, which bounds the marker tokens in the vocabulary.
     config = common.task_experiment('mano', train='3-16', holdout='10', longer='17-20',
-                                    options={'modulus': 23, 'max_ops': 24}, decider=args.decider)
-    common.use_paper_scale(config, max_depth=14)
+                                    options={'modulus': 23, 'max_ops': 20,
+                                             'length_marker': args.marker},
+                                    decider=args.decider)
+    common.use_paper_scale(config, max_depth=14, scale=args.scale)
 
   if args.quick:
     common.make_quick(config)

@@ -1,6 +1,6 @@
 """Procedural tasks with per-token difficulty annotations, by name."""
 
-from tasks.base import PAD, Example, Stream, Task, make_batch
+from tasks.base import PAD, Example, Generative, Stream, Task, make_batch
 from tasks.brevo import BrevoTask
 from tasks.clrs import ClrsTask
 from tasks.lano import LanoTask
@@ -19,4 +19,4 @@ def make(name: str, **options) -> Task:
   return TASKS[name](**options)
 
 
-__all__ = ['PAD', 'Example', 'Stream', 'Task', 'TASKS', 'make', 'make_batch']
+__all__ = ['PAD', 'Example', 'Generative', 'Stream', 'Task', 'TASKS', 'make', 'make_batch']

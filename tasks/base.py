@@ -106,6 +106,37 @@ class Task(abc.ABC):
     return [self.vocab[int(t)] for t in tokens]
 
 
+class Generative(abc.ABC):
+  """A task whose answer is generated after a prompt and graded by validity, not matched token by
+  token (more than one answer may be right): what an evaluator needs to generate greedily from the
+  prompt and grade the result, from tokens alone (host side, per example)."""
+
+  @staticmethod
+  @abc.abstractmethod
+  def prompt_length(tokens: np.ndarray, loss_mask: np.ndarray) -> int:
+    """The prompt's length: generation continues after it."""
+
+  @abc.abstractmethod
+  def max_answer_length(self, max_size: int) -> int:
+    """The most tokens a right answer of any size up to `max_size` takes, its end included."""
+
+  @abc.abstractmethod
+  def answer_length(self, generated: Sequence[int]) -> int:
+    """How many of the generated tokens the answer takes, its end token included (all of them
+    when it never ends)."""
+
+  @abc.abstractmethod
+  def grade(self, prompt: Sequence[int], generated: Sequence[int]) -> dict[str, bool]:
+    """Named verdicts on the generated answer; the last one is whether it is right."""
+
+  @abc.abstractmethod
+  def generation_features(self, prompt: Sequence[int],
+                          generated: Sequence[int]) -> dict[str, np.ndarray]:
+    """Per generated token, the annotations of the prediction that produced it: the task's
+    features and `complexity` (float32), and `annotated` (bool): the generated tokens so far
+    are a valid partial answer."""
+
+
 def make_batch(examples: Sequence[Example], sizes: Sequence[int], seq_len: int,
                feature_names: Sequence[str]) -> dict[str, np.ndarray]:
   """Pads examples to `seq_len` on the right and stacks them into a batch of numpy arrays.

@@ -165,7 +165,7 @@ class Dag:
     return {name: list(values) for name, values in zip(FEATURES, columns)}
 
 
-class BrevoTask(base.Task):
+class BrevoTask(base.Task, base.Generative):
   """The query node of a random DAG of N nodes and all its ancestors, in a topological order.
 
   Evaluation by validity: generate greedily from the prompt, then grade the answer and annotate
@@ -177,6 +177,8 @@ class BrevoTask(base.Task):
     continues from there.
   - `max_answer_length(max_size) -> int`: the most tokens a correct answer of any size up to
     `max_size` takes, its closing `<eos>` included (a bound for the decoder's buffer).
+  - `answer_length(generated) -> int`: the generated tokens the answer takes, up to and
+    including its first `<eos>`.
   - `grade(prompt, generated) -> {'terminated', 'node_set_correct', 'valid_order'}` (bools): the
     answer is `generated` up to its first `<eos>` (what follows is ignored); `terminated`: there
     is one; `node_set_correct`: terminated, and exactly the query and its ancestors, each once
@@ -295,6 +297,11 @@ class BrevoTask(base.Task):
     """Tokens up to and including the one whose target is the answer's first node."""
     del tokens
     return int(np.argmax(loss_mask)) + 1
+
+  def answer_length(self, generated: Sequence[int]) -> int:
+    """The generated tokens up to and including the first `<eos>` (all of them without one)."""
+    answer, terminated = self._answer(generated)
+    return len(answer) + terminated
 
   @staticmethod
   def _answer(generated: Sequence[int]) -> tuple[list[int], bool]:

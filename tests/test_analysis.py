@@ -241,3 +241,22 @@ def test_figures_are_valid_pngs(tmp_path):
       timing.decision_timing(trace, GROUPS, 'graph_size', n_boot=10), tmp_path / 'var.png'))
   _valid_png(figures.pareto(tradeoff.tradeoff({'a': trace, 'b': make_trace(depth + 0)}),
                             tmp_path / 'pareto.png'))
+
+
+def test_a_feature_read_one_position_away():
+  """Depth equal to the feature of the *next* position: ρ = 1 at offset +1, not at 0; positions
+  whose neighbour is not annotated are left out."""
+  rng = np.random.default_rng(4)
+  feature = rng.integers(1, T + 1, (30, 8)).astype(np.float32)
+  depth = np.zeros((30, 8), np.int32)
+  depth[:, :-1] = feature[:, 1:]
+  depth[:, -1] = 1
+  annotated = np.ones((30, 8), bool)
+  annotated[:, 0] = False
+  trace = make_trace(depth, features={'x': feature}, annotated=annotated)
+  result = alignment.alignment(trace, trace.analysis_mask, ['x'], offsets=(-1, 1), n_boot=0)
+  ahead = result['neighbours'][1]['x']['executed_depth']
+  assert ahead['spearman'] == pytest.approx(1.0) and ahead['tokens'] == 30 * 6
+  assert abs(result['correlations']['x']['executed_depth']['spearman']) < 0.3
+  assert result['neighbours'][-1]['x']['executed_depth']['tokens'] == 30 * 6
+  np.testing.assert_array_equal(alignment.shifted(np.array([[1, 2, 3]]), -1), [[0, 1, 2]])

@@ -59,12 +59,20 @@ def test_generate_continues_with_the_argmax_of_the_full_model():
   anira = tiny_anira('online', tiny_model())
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
   prompt = _batch()[0][:2, :4]
-  tokens, depth = decoding.generate(anira, params, prompt, num_tokens=4)
+  out = decoding.generate(anira, params, prompt, num_tokens=4)
+  tokens, depth = out.tokens_BxL, out.depth_BxL
   assert tokens.shape == depth.shape == (2, 8)
   np.testing.assert_array_equal(tokens[:, :4], prompt)
   full = anira.apply(params, tokens, train=False, path='loop')
   np.testing.assert_array_equal(tokens[:, 4:], jnp.argmax(full.logits_BxLxV[:, 3:-1], -1))
   np.testing.assert_array_equal(depth, full.trajectory.depth_BxL)
+  np.testing.assert_allclose(out.q_BxLxT, full.trajectory.decision.q_BxLxT, atol=1e-5)
+  # Prompts of different lengths in one batch: each row as if decoded alone.
+  ragged = decoding.generate(anira, params, prompt, num_tokens=4, prompt_lengths_B=[2, 4])
+  alone = decoding.generate(anira, params, prompt[:1, :2], num_tokens=6)
+  np.testing.assert_array_equal(ragged.tokens_BxL[0], alone.tokens_BxL[0])
+  np.testing.assert_array_equal(ragged.depth_BxL[0], alone.depth_BxL[0])
+  np.testing.assert_array_equal(ragged.tokens_BxL[1], tokens[1])
 
 
 @pytest.mark.parametrize('name', ['online', 'early'])

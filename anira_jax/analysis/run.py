@@ -3,8 +3,9 @@
     python launch.py --config=experiments/brevo.py --mode=analyze [--workdir=DIR]
 
 Traces every configured evaluation split (the examples results.json was computed on) at the
-trained D and at a raised D, then runs alignment and generalization for every task, decision
-timing for tasks that group their features (`Task.feature_groups`, BREVO), and the
+trained D and at a raised D, then runs alignment (the feature of the prediction each depth
+decides, and of its neighbours) and generalization for every task, decision timing for tasks
+that group their features (`Task.feature_groups`, BREVO: on the answers it generates), and the
 inference-rule trade-off for deciders with a rule (online, ponder; the others get their single
 point). Writes analysis.json, analysis.md and the PNGs below.
 """
@@ -18,6 +19,7 @@ import pathlib
 import numpy as np
 from absl import logging
 
+import tasks
 from anira_jax import inspect
 from anira_jax import trace as trace_lib
 from anira_jax.analysis import alignment, figures, generalization, timing, tradeoff
@@ -108,12 +110,17 @@ def analyze(workdir, out_dir=None, *, step: int | None = None, num_batches: int 
             'workdir': str(run.workdir), 'max_depth': d, 'rule': run.rule,
             'splits': {n: list(run.sizes(n)) for n in splits}}
   result['alignment'] = {
-      'all': alignment.alignment(pooled, pooled.analysis_mask, n_boot=n_boot, seed=seed),
+      'all': alignment.alignment(pooled, pooled.analysis_mask, offsets=(-1, 1), n_boot=n_boot,
+                                 seed=seed),
       'splits': {n: alignment.alignment(t, t.analysis_mask, n_boot=0)
                  for n, t in traces.items()}}
   result['generalization'] = generalization.generalization(by_depth, train_sizes, d)
   if task.feature_groups:
-    result['timing'] = timing.decision_timing(pooled, task.feature_groups, task.timing_control,
+    # A task graded by generation (BREVO) is timed on the answers the model generated, with
+    # the annotations of the order it chose and its right answers as the correct samples.
+    timed = (trace_lib.concatenate([run.generate_split(name, **counts)[0] for name in splits])
+             if isinstance(task, tasks.Generative) else pooled)
+    result['timing'] = timing.decision_timing(timed, task.feature_groups, task.timing_control,
                                               n_boot=n_boot, seed=seed)
 
   # The split nearest the training distribution: the most training sizes, then config order.
