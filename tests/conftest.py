@@ -31,6 +31,12 @@ def tiny_options(name: str, **overrides) -> options.Options:
   return cls.resolve(cls.Options(**fields), train_sizes=(3,))
 
 
+def decides_per_token(name: str) -> bool:
+  """Whether the decider can give tokens different depths (a learned head, or complexity)."""
+  cls = deciders.DECIDERS[name]
+  return issubclass(cls.Options, base.HeadOptions) or cls.reads_complexity
+
+
 def tiny_anira(name: str, model: ModelConfig | None = None, **decider_overrides) -> Anira:
   return Anira(model or tiny_model(), name, tiny_options(name, **decider_overrides))
 

@@ -7,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ALL_DECIDERS, assert_same_on_real_tokens, tiny_anira, tiny_model
+from conftest import (ALL_DECIDERS, assert_same_on_real_tokens, decides_per_token, tiny_anira,
+                      tiny_model)
 from test_recurrence import _spread_halting
 
 from anira_jax import compaction, deciders, recurrence
@@ -38,11 +39,14 @@ def _compare(anira, params, tokens, complexity, buckets=BUCKETS):
 def test_same_as_masked_loop_for_every_decider(name):
   anira = tiny_anira(name, tiny_model())
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
-  out = _compare(anira, params, *_batch())
-  if name == 'fixed':  # every token active at every iteration: the dense step throughout
-    assert int(out.work.compacted_iterations) == 0
-  elif name != 'act':  # (ACT's spread halting keeps most tokens running past 1/2 of L)
-    assert int(out.work.compacted_iterations) > 0, 'compaction never ran: test too weak'
+  tokens, complexity = _batch()
+  out = _compare(anira, params, tokens, complexity)
+  # Iteration t runs compacted when 0 < (tokens still running) <= the largest bucket.
+  depth = np.asarray(out.trajectory.depth_BxL)[np.asarray(tokens != 0)]
+  running_T = [(depth >= t).sum() for t in range(1, anira.model_cfg.max_depth + 1)]
+  assert int(out.work.compacted_iterations) == sum(0 < n <= max(BUCKETS) for n in running_T)
+  if decides_per_token(name):
+    assert len(np.unique(depth)) > 1, 'depths do not vary: test too weak'
 
 
 @pytest.mark.parametrize('overrides', [dict(core_layers=2), dict(iteration_embedding=True)],

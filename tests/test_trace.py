@@ -18,12 +18,12 @@ HEAD_CALLS = np.array([[1, 2, 4, 4], [1, 1, 3, 0]], np.int32)
 T = 4
 
 
-def _trace(xp=np, **overrides):
+def _trace(xp=np, features=None, **overrides):
   fields = dict(tokens=TOKENS, depth=DEPTH, expected_depth=EXPECTED, head_calls=HEAD_CALLS,
                 loss_mask=LOSS_MASK, correct=CORRECT)
   fields.update(overrides)
   return trace_lib.Trace(max_depth=T, **{k: xp.asarray(v) for k, v in fields.items()},
-                         size=np.array([4, 3]))
+                         size=np.array([4, 3]), features=features or {})
 
 
 def test_summary_by_hand():
@@ -60,3 +60,13 @@ def test_per_size_and_a_sequence_without_answers():
   assert summary['token_accuracy'] is None and summary['examples'] == 0
   assert summary['execution_cost_per_token'] == pytest.approx(16 / 7)
   assert trace_lib.per_size(no_answers) == {}
+
+
+def test_ceiling_and_the_share_of_it():
+  """The ceiling is the mean of the Bayes-optimal accuracy feature over answer tokens."""
+  bayes = np.array([[0.0, 0.5, 1.0, 0.9], [0.0, 0.0, 0.6, 0.0]], np.float32)
+  results = trace_lib.split_results(_trace(features={'bayes': bayes}), 'bayes')
+  assert results['ceiling_token_accuracy'] == pytest.approx((0.5 + 1.0 + 0.9 + 0.6) / 4)
+  assert results['share_of_ceiling'] == pytest.approx(0.75 / 0.75)
+  assert results['per_size'][3]['ceiling_token_accuracy'] == pytest.approx(0.6)
+  assert 'ceiling_token_accuracy' not in trace_lib.split_results(_trace())
