@@ -84,3 +84,64 @@ def correlation(x: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = Non
                             bootstrap_interval(fn, (x, y), groups=groups, n_boot=n_boot,
                                                level=level, seed=seed))
   return result
+
+
+def seed_bootstrap(runs: Sequence[dict[str, np.ndarray]],
+                   statistic: Callable[[dict[str, np.ndarray]], float | None], *,
+                   group: str = 'sequence', n_boot: int = 1000, level: float = 0.95,
+                   seed: int = 0, keep_draws: bool = False) -> dict:
+  """A statistic over several training runs (seeds), with an interval over seeds and sequences.
+
+  `runs` holds one record per run: arrays of equal length, `group` naming which sequence each
+  row belongs to. The estimate is the mean over runs of `statistic(run)`; each bootstrap draw
+  resamples the runs, then within each drawn run its sequences (whole), and takes the mean of
+  the statistic over the drawn runs. So the interval holds both the seed-to-seed spread and the
+  sampling of sequences. Returns {'mean', 'ci' ([lo, hi] or None), 'per_run'} and, with
+  `keep_draws`, 'draws' (to compare two estimates: `difference`).
+  """
+  per_run = [statistic(r) for r in runs]
+  defined = [v for v in per_run if v is not None]
+  result = {'mean': float(np.mean(defined)) if defined else None, 'ci': None,
+            'per_run': per_run}
+  if n_boot <= 0 or not defined:
+    return result
+  rng = np.random.default_rng(seed)
+  draws = []
+  for _ in range(n_boot):
+    values = []
+    for i in rng.integers(0, len(runs), len(runs)):
+      run = runs[i]
+      idx = next(cluster_indices(run[group], len(run[group]), rng, 1))
+      value = statistic({k: v[idx] for k, v in run.items()})
+      if value is not None:
+        values.append(value)
+    if values:
+      draws.append(float(np.mean(values)))
+  result['ci'] = percentile_interval(draws, level, min_count=max(10, n_boot // 2))
+  if keep_draws:
+    result['draws'] = draws
+  return result
+
+
+def difference(a: dict, b: dict, level: float = 0.95) -> dict:
+  """a − b for two independent `seed_bootstrap` results kept with their draws: {'mean', 'ci'}."""
+  if a['mean'] is None or b['mean'] is None:
+    return {'mean': None, 'ci': None}
+  n = min(len(a['draws']), len(b['draws']))
+  draws = np.asarray(a['draws'][:n]) - np.asarray(b['draws'][:n])
+  return {'mean': a['mean'] - b['mean'],
+          'ci': percentile_interval(draws.tolist(), level, min_count=10)}
+
+
+def verdict(ci: Sequence[float] | None, margin: float) -> str:
+  """Whether an effect claimed positive is there: 'holds' when the whole interval lies above
+  `margin` (the smallest effect that matters), 'does not hold' when it lies below it (the
+  effect is smaller than what matters, or of the other sign), 'inconclusive' when it straddles
+  it (or is undefined)."""
+  if ci is None:
+    return 'inconclusive'
+  if ci[0] > margin:
+    return 'holds'
+  if ci[1] < margin:
+    return 'does not hold'
+  return 'inconclusive'

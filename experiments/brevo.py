@@ -35,6 +35,13 @@ def get_config(arg=None):
     config.train.update(steps=1500, batch_size=32, warmup_steps=100, log_every=50,
                         checkpoint_every=500)
     config.eval.update(batch_size=64, every_steps=500)
+  elif args.scale == 'study':
+    config = common.task_experiment('brevo', train='3-8', holdout='6', longer='9-10',
+                                    options={'max_nodes': 16}, decider=args.decider)
+    config.model.update(width=128, num_heads=4, max_depth=6)
+    config.train.update(steps=8000, batch_size=64, warmup_steps=400, log_every=200,
+                        checkpoint_every=1000)
+    config.eval.update(batch_size=64, num_batches=8, every_steps=2000)
   else:
     config = common.task_experiment('brevo', train='3-30', holdout='20', longer='31-36',
                                     options={'max_nodes': 36}, decider=args.decider)

@@ -26,7 +26,8 @@ from experiments import common
 
 def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', quick=False)
-  common.check_scale(args.scale)
+  # CLRS is not in the study (experiments/study.py): no `study` scale.
+  common.check_scale(args.scale, ('cpu', 'paper', 'paper_large'))
 
   # max_size is the largest evaluated size: it bounds the number tokens in the vocabulary.
   if args.scale == 'cpu':

@@ -63,7 +63,7 @@ def share_depth_prior(config: ml_collections.ConfigDict, *, gamma: float,
     config.decider[name].update(gamma=gamma, prior_base=prior_base)
 
 
-SCALES = ('cpu', 'paper', 'paper_large')
+SCALES = ('cpu', 'study', 'paper', 'paper_large')
 # The paper's two synthetic model sizes: 5.1 M and 13.7 M parameters (besides the embedding and
 # LM head, which grow with the task's vocabulary), of which the decision head is ~8%. One layer
 # each for prelude, shared core and coda: with one core layer a halted token's keys and values
@@ -75,9 +75,9 @@ PAPER_MODELS = {
 }
 
 
-def check_scale(scale: str) -> None:
-  if scale not in SCALES:
-    raise ValueError(f'scale={scale!r}; choose one of {", ".join(SCALES)}')
+def check_scale(scale: str, scales: tuple[str, ...] = SCALES) -> None:
+  if scale not in scales:
+    raise ValueError(f'scale={scale!r}; choose one of {", ".join(scales)}')
 
 
 def use_paper_scale(config: ml_collections.ConfigDict, max_depth: int,
@@ -100,6 +100,24 @@ def make_quick(config: ml_collections.ConfigDict) -> None:
   """A few steps and a tiny evaluation: a smoke test of the whole path."""
   config.train.update(steps=20, warmup_steps=2, log_every=5, checkpoint_every=10)
   config.eval.update(every_steps=10, num_batches=1, batch_size=32)
+
+
+# The study's cells (experiments/study.py): cell -> (experiment, variant). MANO twice, with and
+# without the marker that names L before the answer (a static cue ANIRA-E can read).
+STUDY_CELLS = {'lano': ('lano', ''), 'mano': ('mano', ''),
+               'mano_no_marker': ('mano', 'marker=false'), 'brevo': ('brevo', '')}
+STUDY_DECIDERS = ('early', 'online')
+
+
+def study_config(cell: str, decider: str, seed: int) -> ml_collections.ConfigDict:
+  """The config of one study run: the cell's experiment at `scale=study`, with the decider and
+  seed."""
+  experiment, variant = STUDY_CELLS[cell]
+  module = load_module(pathlib.Path(__file__).parent / f'{experiment}.py')
+  config = module.get_config(','.join(filter(None, ['scale=study', f'decider={decider}',
+                                                     variant])))
+  config.seed = seed
+  return config
 
 
 def load_module(path: str):

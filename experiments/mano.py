@@ -29,18 +29,24 @@ def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', marker=True, quick=False)
   common.check_scale(args.scale)
 
+  options = {'modulus': 5, 'max_ops': 8, 'length_marker': args.marker}
   if args.scale == 'cpu':
     # A small prime keeps the answer space (and the number of facts to learn) small.
     config = common.task_experiment('mano', train='1-6', holdout='4', longer='7-8',
-                                    options={'modulus': 5, 'max_ops': 8,
-                                             'length_marker': args.marker},
-                                    decider=args.decider)
+                                    options=options, decider=args.decider)
     # Parsing prefix notation means counting pending operands, which needs absolute positions
     # (as parity does: with RoPE alone a first run reached 0.56 in distribution).
     config.model.update(width=128, num_heads=4, max_depth=6, position='sinusoidal')
     config.train.update(steps=2500, batch_size=128, warmup_steps=200, log_every=100,
                         checkpoint_every=500)
     config.eval.every_steps = 1000
+  elif args.scale == 'study':
+    config = common.task_experiment('mano', train='1-5', holdout='3', longer='6-7',
+                                    options=options, decider=args.decider)
+    config.model.update(width=128, num_heads=4, max_depth=6, position='sinusoidal')
+    config.train.update(steps=10_000, batch_size=128, warmup_steps=500, log_every=200,
+                        checkpoint_every=1000)
+    config.eval.update(num_batches=4, every_steps=2500)
   else:
     # max_ops: the largest evaluated L, which bounds the marker tokens in the vocabulary.
     config = common.task_experiment('mano', train='3-16', holdout='10', longer='17-20',

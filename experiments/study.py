@@ -1,13 +1,18 @@
-"""The paper's study at CPU scale: ANIRA-E and ANIRA-O on BREVO, MANO and LANO, one table.
+"""The paper's study at CPU scale: ANIRA-E and ANIRA-O, three seeds each, on LANO, MANO (with and
+without its length marker) and BREVO, with an interval on every figure and a verdict per finding.
 
     python -m experiments.study --out=workdirs/study
+    python -m experiments.study --out=workdirs/study --cells=lano/early/1   # one run only
 
-Trains every (task, decider) pair as `experiments/TASK.py:decider=NAME` in OUT/TASK/NAME
-(resuming when already there), runs `--mode=analyze`'s analyses on each, and writes OUT/study.md
-and OUT/study.json. A run whose results.json and analysis.json already cover its last step is
-read, not recomputed; delete them to redo it. As in the paper, both deciders share γ, b and the
-learning rate: those of the task's config (b = 1.5 was chosen on parity with ANIRA-E);
-`--config_overrides` changes them for every run at once.
+Every run is `experiments/TASK.py:scale=study,decider=NAME` with `--config.seed=S`, in
+OUT/CELL/NAME/seed_S; a finished run is resumed or read, never retrained. Each run's per-sequence
+and per-token records (`analysis.study.run_records`: every split at the trained D and at 2·D)
+are saved there as records.npz, then the table pools the seeds: every figure is the mean over
+seeds with a 95% interval that resamples seeds and, within each, sequences
+(`stats.seed_bootstrap`). A verdict compares an interval with the smallest effect that matters
+(`stats.verdict`; the margins are `MARGINS`). Both deciders share the task's γ, b and learning
+rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the paper does. Writes OUT/study.md
+and OUT/study.json.
 """
 
 from __future__ import annotations
@@ -15,116 +20,201 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+import time
 
 from absl import app, flags, logging
 
 import tasks
-from anira_jax import checkpoint, host_memory
-from anira_jax.analysis import run as analysis_run
+from anira_jax import checkpoint, experiment, host_memory, inspect, stats
+from anira_jax.analysis import study as study_lib
 from anira_jax.options import ConfigError
 from anira_jax.reporting import fmt
 from anira_jax.training import loop
 from experiments import common
 
 _OUT = flags.DEFINE_string('out', 'workdirs/study', 'Directory for the runs and the table.')
-_TASKS = flags.DEFINE_list('tasks', ['brevo', 'mano', 'lano'], 'Experiments to run.')
-_DECIDERS = flags.DEFINE_list('deciders', ['early', 'online'], 'Deciders to compare.')
-_OVERRIDES = flags.DEFINE_list(
-    'config_overrides', [], 'FIELD=VALUE pairs applied to every run, e.g. decider.gamma=0.02.')
+_CELLS = flags.DEFINE_list('cells', [], 'Only these runs, as CELL/DECIDER/SEED (e.g. '
+                           'lano/early/0); the table then covers what is finished.')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every (cell, decider).')
+_BOOT = flags.DEFINE_integer('n_boot', 1000, 'Bootstrap draws per interval.')
 
-STUDY_TASKS = ('brevo', 'mano', 'lano')
-
-
-def apply_overrides(config, overrides: list[str]) -> None:
-  """'a.b=value' strings onto `config`, each value typed like the field it replaces."""
-  for item in overrides:
-    path, eq, text = item.partition('=')
-    if not eq:
-      raise ValueError(f'--config_overrides entry {item!r}: expected FIELD=VALUE')
-    *parents, leaf = path.split('.')
-    node = config
-    for key in parents:
-      node = node[key]
-    if leaf not in node:
-      raise ValueError(f'--config_overrides: no config field {path!r}')
-    if isinstance(node[leaf], bool):
-      if text.lower() not in ('true', 'false'):
-        raise ValueError(f'--config_overrides: {path}={text!r}, expected true or false')
-      node[leaf] = text.lower() == 'true'
-    else:
-      node[leaf] = type(node[leaf])(text)
+CELLS, DECIDERS, config_for = common.STUDY_CELLS, common.STUDY_DECIDERS, common.study_config
+# The smallest effect that matters, per kind of figure (`stats.verdict`).
+MARGINS = {'rho': 0.1, 'accuracy': 0.02, 'depth': 0.1, 'r2': 0.02}
+# The paper's numbers beside ours (DESIGN.md §1).
+PAPER = {'lano_rho_expansion': {'early': 0.666, 'online': 0.456}, 'brevo_r2_size_early': 0.28}
 
 
-def shared_settings(config) -> str:
-  d = config.decider[config.decider.name]
-  return f'γ = {d.gamma:g}, b = {d.prior_base:g}, learning rate = {config.train.learning_rate:g}'
+def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int) -> dict:
+  """Trains (or resumes, or reads) one run and returns its records."""
+  config = config_for(cell, decider, seed)
+  workdir = out / cell / decider / f'seed_{seed}'
+  path = workdir / 'records.npz'
+  stamp = workdir / 'records.json'
+  if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == config.train.steps:
+    return study_lib.load(path)
+  start = time.perf_counter()
+  loop.train_and_evaluate(config, workdir)
+  run = inspect.load(workdir)
+  records = study_lib.run_records(run, raised_depth=2 * run.max_depth)
+  study_lib.save(records, path)
+  stamp.write_text(json.dumps(config.train.steps))
+  logging.warning('%s/%s/seed_%d: %.0f s', cell, decider, seed, time.perf_counter() - start)
+  return records
 
 
-def row(task: str, decider: str, results: dict, analysis: dict) -> dict:
-  """The study's numbers for one run, from results.json and analysis.json."""
-  splits = results['splits']
-  trained = analysis['generalization']['by_max_depth'][str(analysis['max_depth'])]
-  correlations = analysis['alignment']['all']['correlations']
-  # The task's headline feature (for LANO the paper's "expansion"), besides complexity.
-  feature = (tasks.TASKS[task].alignment_features or (None,))[0]
-  entry = {
-      'task': task, 'decider': decider, 'step': results['step'],
-      'accuracy': {name: s['token_accuracy'] for name, s in splits.items()},
-      'mean_depth': {name: s['mean_depth'] for name, s in splits.items()},
-      'depth_per_size': {size: s['mean_depth'] for size, s in trained['per_size'].items()},
-      'spearman_complexity': correlations.get('complexity', {}).get('expected_depth', {})
-                             .get('spearman'),
-      'feature': feature,
-      'spearman_feature': correlations.get(feature, {}).get('expected_depth', {}).get('spearman'),
-  }
-  if 'timing' in analysis:
-    groups = analysis['timing']['groups']
-    entry['timing'] = {'r2_size': analysis['timing']['r2_control'],
-                       **{g: groups[g]['added'] for g in groups},
-                       'samples': analysis['timing']['samples']}
-  return entry
+def cell_figures(cell: str, decider: str, runs: list[dict], n_boot: int) -> dict:
+  """Every figure of one (cell, decider) over its runs (seeds), each {'mean', 'ci',
+  'per_run', 'draws'}."""
+  config = config_for(cell, decider, 0)
+  task = tasks.make(config.task.name, **config.task.options.to_dict())
+  splits = list(experiment.eval_splits(config))
+  d = config.model.max_depth
+  kind = study_lib.accuracy_kind(task)
+  seq = [r['sequences'] for r in runs]
+  boot = dict(n_boot=n_boot, keep_draws=True)
+  figures: dict = {'splits': splits, 'accuracy_kind': kind, 'max_depth': d}
+  for i, name in enumerate(splits):
+    for depth in (d, 2 * d):
+      figures[f'accuracy/{name}/T{depth}'] = stats.seed_bootstrap(
+          seq, study_lib.accuracy(i, depth, kind), seed=i, **boot)
+      figures[f'depth/{name}/T{depth}'] = stats.seed_bootstrap(
+          seq, study_lib.mean_depth(i, depth), seed=i, **boot)
+  for i, name in enumerate(splits[1:], start=1):
+    figures[f'drop/{name}'] = stats.seed_bootstrap(
+        seq, study_lib.contrast(study_lib.accuracy(0, d, kind), study_lib.accuracy(i, d, kind)),
+        **boot)
+    figures[f'depth_rise/{name}'] = stats.seed_bootstrap(
+        seq, study_lib.contrast(study_lib.mean_depth(i, d), study_lib.mean_depth(0, d)), **boot)
+    figures[f'gain_at_2D/{name}'] = stats.seed_bootstrap(
+        seq, study_lib.contrast(study_lib.accuracy(i, 2 * d, kind),
+                                study_lib.accuracy(i, d, kind)), **boot)
+  tokens = [r['tokens'] for r in runs]
+  features = ['complexity', *task.alignment_features]
+  for feature in features:
+    for suffix in ('', '@-1', '@+1'):
+      figures[f'rho/{feature}{suffix}'] = stats.seed_bootstrap(
+          tokens, study_lib.spearman(feature + suffix), **boot)
+  if task.feature_groups:
+    timed = [r['timing'] for r in runs]
+    figures['timing/samples'] = sum(len(set(t['sequence'].tolist())) for t in timed)
+    keys = ['r2_control'] + [f'groups/{g}/{part}' for g in task.feature_groups
+                             for part in ('added', 'unique')]
+    for key in keys:
+      figures[f'timing/{key}'] = stats.seed_bootstrap(
+          timed, study_lib.variance_explained(task.feature_groups, task.timing_control, key),
+          n_boot=max(n_boot // 5, 50), keep_draws=True)
+  return figures
 
 
-def finished_run(config, workdir: pathlib.Path) -> tuple[dict, dict]:
-  """(results, analysis) of the run in `workdir`: trained (or resumed) and analysed, unless
-  both files already describe its final step, which makes rerunning the study cheap."""
-  stored = [workdir / 'results.json', workdir / 'analysis.json']
-  if all(f.exists() for f in stored):
-    results, analysis = (json.loads(f.read_text()) for f in stored)
-    if results['step'] == analysis['step'] == config.train.steps:
-      return results, analysis
-  return loop.train_and_evaluate(config, workdir), analysis_run.analyze(workdir)
+def verdicts(figures: dict) -> dict:
+  """The paper's findings as claims on intervals (`stats.verdict`), per cell and decider, and
+  what each verdict rests on."""
+  out = {}
+  for cell, by_decider in figures.items():
+    for decider, f in by_decider.items():
+      first = f'rho/{tasks_headline(cell)}'
+      claims = {'alignment': stats.verdict(f[first]['ci'], MARGINS['rho'])}
+      beyond = [s for s in f['splits'][1:] if s != 'held_out']
+      for split in f['splits'][1:]:
+        claims[f'accuracy falls on {split}'] = stats.verdict(f[f'drop/{split}']['ci'],
+                                                            MARGINS['accuracy'])
+      for split in beyond:
+        claims[f'more depth on {split}'] = stats.verdict(f[f'depth_rise/{split}']['ci'],
+                                                        MARGINS['depth'])
+      out.setdefault(cell, {})[decider] = claims
+  return out
 
 
-def table(rows: list[dict], settings: str) -> str:
-  lines = [f'Shared settings: {settings}.', '',
-           '| task | decider | acc in dist. | acc held-out | acc longer | depth in dist. '
-           '| depth longer | ρ(E[d], complexity) | ρ(E[d], feature) |',
-           '|---|---|---|---|---|---|---|---|---|']
-  for r in rows:
-    acc, depth = r['accuracy'], r['mean_depth']
-    lines.append(
-        f'| {r["task"]} | {r["decider"]} | {fmt(acc.get("in_distribution"))} '
-        f'| {fmt(acc.get("held_out"))} | {fmt(acc.get("longer"))} '
-        f'| {fmt(depth.get("in_distribution"), 2)} | {fmt(depth.get("longer"), 2)} '
-        f'| {fmt(r["spearman_complexity"], 2)} '
-        f'| {r["feature"]}: {fmt(r["spearman_feature"], 2)} |')
-  lines += ['', 'Mean executed depth per size (answer tokens, trained D):', '',
-            '| task | decider | depth per size |', '|---|---|---|']
-  for r in rows:
-    per_size = ' · '.join(f'{s}: {d:.2f}' for s, d in r['depth_per_size'].items())
-    lines.append(f'| {r["task"]} | {r["decider"]} | {per_size} |')
-  timed = [r for r in rows if 'timing' in r]
-  if timed:
-    lines += ['', 'Decision timing (BREVO, correct samples; R² of E[d] with graph size as a '
-              'categorical control; "added" = gain over size alone):', '',
-              '| decider | samples | R²(size) | static structure added | execution state added |',
-              '|---|---|---|---|---|']
-    for r in timed:
-      t = r['timing']
-      lines.append(f'| {r["decider"]} | {t["samples"]} | {fmt(t["r2_size"])} '
-                   f'| {fmt(t.get("static_structure"))} | {fmt(t.get("execution_state"))} |')
+def tasks_headline(cell: str) -> str:
+  """The feature alignment is judged on: the task's first (LANO: parser expansion)."""
+  config = config_for(cell, 'early', 0)
+  return tasks.TASKS[config.task.name].alignment_features[0]
+
+
+def timing_verdicts(figures: dict) -> dict:
+  """Finding 3 on BREVO: ANIRA-O's depth follows execution state more than ANIRA-E's, ANIRA-E's
+  static structure more than ANIRA-O's (differences of independent estimates)."""
+  if 'brevo' not in figures or set(figures['brevo']) != set(DECIDERS):
+    return {}
+  e, o = figures['brevo']['early'], figures['brevo']['online']
+  state = stats.difference(o['timing/groups/execution_state/added'],
+                           e['timing/groups/execution_state/added'])
+  static = stats.difference(e['timing/groups/static_structure/added'],
+                            o['timing/groups/static_structure/added'])
+  size = stats.difference(e['timing/r2_control'], o['timing/r2_control'])
+  return {'execution state: O − E': {**state, 'verdict': stats.verdict(state['ci'],
+                                                                       MARGINS['r2'])},
+          'static structure: E − O': {**static, 'verdict': stats.verdict(static['ci'],
+                                                                         MARGINS['r2'])},
+          'graph size alone: E − O': {**size, 'verdict': stats.verdict(size['ci'],
+                                                                       MARGINS['r2'])}}
+
+
+def _ci(x: dict, digits: int = 3) -> str:
+  if x.get('mean') is None:
+    return '–'
+  ci = x.get('ci')
+  return fmt(x['mean'], digits) + ('' if ci is None else
+                                   f' [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]')
+
+
+def table(figures: dict, verdict_table: dict, timing: dict) -> str:
+  lines = ['| cell | decider | accuracy kind | ' + ' | '.join(
+      ['acc in dist.', 'acc held-out', 'acc longer', 'acc longer at 2D', 'depth in dist.',
+       'depth longer', 'ρ(E[d], feature)']) + ' |', '|' + '---|' * 10]
+  for cell, by_decider in figures.items():
+    for decider, f in by_decider.items():
+      d = f['max_depth']
+      get = lambda key: f.get(key, {})  # noqa: E731
+      lines.append(
+          f'| {cell} | {decider} | {f["accuracy_kind"]} | '
+          f'{_ci(get(f"accuracy/in_distribution/T{d}"))} | '
+          f'{_ci(get(f"accuracy/held_out/T{d}"))} | {_ci(get(f"accuracy/longer/T{d}"))} | '
+          f'{_ci(get(f"accuracy/longer/T{2 * d}"))} | '
+          f'{_ci(get(f"depth/in_distribution/T{d}"), 2)} | '
+          f'{_ci(get(f"depth/longer/T{d}"), 2)} | '
+          f'{tasks_headline(cell)}: {_ci(get("rho/" + tasks_headline(cell)), 2)} |')
+  lines += ['', '| cell | decider | claim | verdict |', '|---|---|---|---|']
+  for cell, by_decider in verdict_table.items():
+    for decider, claims in by_decider.items():
+      lines += [f'| {cell} | {decider} | {claim} | {v} |' for claim, v in claims.items()]
+  if timing:
+    lines += ['', '| BREVO decision timing (added R²) | difference [95% CI] | verdict |',
+              '|---|---|---|']
+    lines += [f'| {name} | {_ci(v)} | {v["verdict"]} |' for name, v in timing.items()]
   return '\n'.join(lines) + '\n'
+
+
+def _json(figures):
+  """The figures without bootstrap draws."""
+  if isinstance(figures, dict):
+    return {k: _json(v) for k, v in figures.items() if k != 'draws'}
+  return figures
+
+
+def run_study(out: pathlib.Path, cells: list[str], seeds: list[int], n_boot: int) -> str:
+  wanted = [c.split('/') for c in cells]
+  figures: dict = {}
+  for cell in CELLS:
+    for decider in DECIDERS:
+      runs = []
+      for seed in seeds:
+        if wanted and [cell, decider, str(seed)] not in wanted:
+          continue
+        runs.append(run_cell(out, cell, decider, seed))
+      if runs and not wanted:
+        figures.setdefault(cell, {})[decider] = cell_figures(cell, decider, runs, n_boot)
+  if wanted:
+    return 'ran ' + ', '.join(cells)
+  verdict_table, timing = verdicts(figures), timing_verdicts(figures)
+  text = table(figures, verdict_table, timing)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / 'study.json').write_text(json.dumps(
+      {'figures': _json(figures), 'verdicts': verdict_table, 'timing': _json(timing),
+       'margins': MARGINS, 'paper': PAPER}, indent=2) + '\n')
+  (out / 'study.md').write_text(text)
+  return text
 
 
 def main(argv):
@@ -133,29 +223,10 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   try:
-    run_study(pathlib.Path(_OUT.value))
+    print(run_study(pathlib.Path(_OUT.value), _CELLS.value, [int(s) for s in _SEEDS.value],
+                    _BOOT.value))
   except (ConfigError, ValueError, checkpoint.CheckpointError, loop.NonFiniteLossError) as e:
     sys.exit(f'error: {e}')
-
-
-def run_study(out: pathlib.Path) -> None:
-  unknown = set(_TASKS.value) - set(STUDY_TASKS)
-  if unknown:
-    raise ValueError(f'--tasks: unknown {sorted(unknown)}; the study runs '
-                     f'{", ".join(STUDY_TASKS)}')
-  rows, settings = [], set()
-  for task in _TASKS.value:
-    module = common.load_module(pathlib.Path(__file__).parent / f'{task}.py')
-    for decider in _DECIDERS.value:
-      config = module.get_config(f'decider={decider}')
-      apply_overrides(config, _OVERRIDES.value)
-      settings.add(shared_settings(config))
-      rows.append(row(task, decider, *finished_run(config, out / task / decider)))
-  out.mkdir(parents=True, exist_ok=True)
-  text = table(rows, '; '.join(sorted(settings)))
-  (out / 'study.json').write_text(json.dumps(rows, indent=2) + '\n')
-  (out / 'study.md').write_text(text)
-  print(text)
 
 
 if __name__ == '__main__':

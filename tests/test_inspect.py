@@ -18,6 +18,7 @@ from test_train import small_config
 
 from anira_jax import checkpoint, deciders, evaluation, inspect
 from anira_jax.analysis import run as analysis_run
+from anira_jax.analysis import study as study_lib
 from anira_jax.deciders import act, base
 from anira_jax.training import loop
 
@@ -175,6 +176,25 @@ def test_analyze_writes_json_figures_and_summary(trained, tmp_path):
     if name.endswith('.png'):
       _valid_png(tmp_path / name)
   assert (tmp_path / 'analysis.md').read_text().startswith('# Analysis: parity')
+
+
+def test_study_records_of_a_run(trained):
+  """The study's per-run records agree with the traces they come from."""
+  run = inspect.load(trained('online'))
+  records = study_lib.run_records(run, raised_depth=2 * D, num_batches=1, batch_size=8)
+  seq = records['sequences']
+  assert set(seq['max_depth']) == {D, 2 * D} and len(seq['split']) == 2 * 8
+  trace = run.trace_split('in_distribution', num_batches=1, batch_size=8)
+  trained_depth = seq['max_depth'] == D
+  np.testing.assert_allclose(seq['depth_sum'][trained_depth],
+                             (trace.depth * trace.answer_mask).sum(-1))
+  tokens = records['tokens']
+  assert len(tokens['depth']) == trace.analysis_mask.sum()
+  np.testing.assert_array_equal(tokens['position@-1'][1:][tokens['sequence'][1:] ==
+                                                          tokens['sequence'][:-1]],
+                                tokens['position'][:-1][tokens['sequence'][1:] ==
+                                                        tokens['sequence'][:-1]])
+  assert 'timing' not in records  # parity groups no features
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""The depth prior's γ and b per task, chosen on ANIRA-E as the paper chooses them.
+
+    python -m experiments.select_prior --task=lano --out=workdirs/prior
+
+Trains ANIRA-E on the task's study preset (`scale=study`, seed 0) at every (γ, b) of a small
+grid, in OUT/TASK/gG_bB (finished runs are read, not retrained), and picks by validation
+accuracy and compute: the runs within `--tolerance` of the best accuracy (the task's own
+accuracy: right generated answers for BREVO, the share of the ceiling for LANO, token accuracy
+for MANO, on held-out examples of the training sizes), then the one with the least mean
+executed depth. The paper tunes (learning rate, γ, b) on ANIRA-E and reuses them unchanged for
+ANIRA-O; the chosen pair goes into the task's config (`common.share_depth_prior`). Writes
+OUT/TASK/prior.json and prior.md.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+from anira_jax import checkpoint, host_memory
+from anira_jax.analysis import study as study_lib
+from anira_jax.options import ConfigError
+from anira_jax.reporting import fmt
+from anira_jax.training import loop
+from experiments import common
+
+_TASK = flags.DEFINE_enum('task', 'lano', ['lano', 'mano', 'brevo'], 'Task to tune.')
+_OUT = flags.DEFINE_string('out', 'workdirs/prior', 'Directory for the runs and the choice.')
+_GAMMAS = flags.DEFINE_list('gammas', ['0.003', '0.01', '0.03'], 'γ values.')
+_BASES = flags.DEFINE_list('bases', ['1.0', '1.5', '2.0'], 'b values (1 = uniform prior).')
+_TOLERANCE = flags.DEFINE_float('tolerance', 0.01, 'Accuracy within which compute decides.')
+
+
+def grid(task: str, out: pathlib.Path, gammas: list[float], bases: list[float]) -> list[dict]:
+  points = []
+  for gamma in gammas:
+    for base in bases:
+      config = common.study_config(task, 'early', seed=0)
+      common.share_depth_prior(config, gamma=gamma, prior_base=base)
+      workdir = out / task / f'g{gamma:g}_b{base:g}'
+      results_path = workdir / 'results.json'
+      results = (json.loads(results_path.read_text()) if results_path.exists() else None)
+      if results is None or results['step'] != config.train.steps:
+        results = loop.train_and_evaluate(config, workdir)
+      split = results['splits']['in_distribution']
+      points.append({'gamma': gamma, 'prior_base': base,
+                     'accuracy': study_lib.task_accuracy(split),
+                     'mean_depth': split['mean_depth']})
+  return points
+
+
+def report(points: list[dict], chosen: dict) -> str:
+  lines = ['| γ | b | validation accuracy | mean depth | chosen |', '|---|---|---|---|---|']
+  for p in points:
+    mark = 'yes' if p is chosen else ''
+    lines.append(f'| {p["gamma"]:g} | {p["prior_base"]:g} | {fmt(p["accuracy"])} | '
+                 f'{fmt(p["mean_depth"], 2)} | {mark} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+  del argv
+  host_memory.reuse_freed_memory()
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  out = pathlib.Path(_OUT.value)
+  try:
+    points = grid(_TASK.value, out, [float(g) for g in _GAMMAS.value],
+                  [float(b) for b in _BASES.value])
+  except (ConfigError, ValueError, checkpoint.CheckpointError, loop.NonFiniteLossError) as e:
+    sys.exit(f'error: {e}')
+  chosen = study_lib.choose_prior(points, _TOLERANCE.value)
+  text = report(points, chosen)
+  (out / _TASK.value / 'prior.json').write_text(
+      json.dumps({'points': points, 'chosen': chosen, 'tolerance': _TOLERANCE.value},
+                 indent=2) + '\n')
+  (out / _TASK.value / 'prior.md').write_text(text)
+  print(text)
+
+
+if __name__ == '__main__':
+  app.run(main)
