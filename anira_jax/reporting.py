@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+from collections.abc import Mapping, Sequence
 
-import tensorboardX
+import matplotlib
 
-from anira_jax.analysis import figures
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+import tensorboardX  # noqa: E402
 
 
 class MetricWriter:
@@ -68,7 +71,40 @@ def write_results(workdir: str | pathlib.Path, results: dict) -> pathlib.Path:
 
 def plot_per_size(results: dict, path: str | pathlib.Path) -> pathlib.Path:
   """Token accuracy and mean executed depth against size, one line per split."""
-  return figures.accuracy_depth_vs_size(
+  return accuracy_depth_vs_size(
       {name: r['per_size'] for name, r in results['splits'].items()}, path,
       train_sizes=results['train_sizes'], max_depth=results['max_depth'],
       title=f'{results["task"]} · decider {results["decider"]} · step {results["step"]}')
+
+
+def accuracy_depth_vs_size(series: Mapping[str, Mapping], path, *, train_sizes: Sequence[int],
+                           max_depth: int | None = None, title: str = '') -> pathlib.Path:
+  """Token accuracy and mean depth against size, one line per series ({label: {size: {...,
+  'token_accuracy', 'mean_depth'}}}: evaluation splits, or max depths T); the training range is
+  shaded and sizes inside it that were not trained on are marked as held out."""
+  fig, (ax_acc, ax_depth) = plt.subplots(1, 2, figsize=(10, 3.8))
+  plotted = set()
+  for label, table in series.items():
+    per = {int(s): v for s, v in table.items()}
+    sizes = sorted(per)
+    plotted |= set(sizes)
+    ax_acc.plot(sizes, [per[s]['token_accuracy'] for s in sizes], 'o-', ms=3, label=label)
+    ax_depth.plot(sizes, [per[s]['mean_depth'] for s in sizes], 'o-', ms=3, label=label)
+  lo, hi = min(train_sizes), max(train_sizes)
+  held = sorted(s for s in plotted if lo <= s <= hi and s not in set(train_sizes))
+  for ax in (ax_acc, ax_depth):
+    ax.axvspan(lo - 0.5, hi + 0.5, color='0.92', zorder=0, label='training range')
+    for i, s in enumerate(held):
+      ax.axvline(s, color='tab:red', ls=':', lw=1, label='held out' if i == 0 else None)
+    ax.set_xlabel('size')
+  ax_acc.set_ylabel('token accuracy (answer tokens)')
+  ax_acc.set_ylim(0, 1.02)
+  ax_depth.set_ylabel('mean executed depth')
+  if max_depth:
+    ax_depth.set_ylim(0, max_depth + 0.5)
+  ax_acc.legend(fontsize=7)
+  fig.suptitle(title or 'accuracy and depth per size')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return pathlib.Path(path)

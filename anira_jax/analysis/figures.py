@@ -4,7 +4,7 @@ a path, writes one figure and returns the path."""
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
 
@@ -12,6 +12,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 import numpy as np  # noqa: E402
 
+from anira_jax import reporting  # noqa: E402
 from anira_jax.trace import Trace  # noqa: E402
 
 
@@ -80,42 +81,13 @@ def depth_vs_complexity(result: dict, path, *, title: str = '') -> pathlib.Path:
   return _save(fig, path)
 
 
-def accuracy_depth_vs_size(series: Mapping[str, Mapping], path, *, train_sizes: Sequence[int],
-                           max_depth: int | None = None, title: str = '') -> pathlib.Path:
-  """Token accuracy and mean depth against size, one line per series ({label: {size: {...,
-  'token_accuracy', 'mean_depth'}}}: evaluation splits, or max depths T); the training range is
-  shaded and sizes inside it that were not trained on are marked as held out."""
-  fig, (ax_acc, ax_depth) = plt.subplots(1, 2, figsize=(10, 3.8))
-  plotted = set()
-  for label, table in series.items():
-    per = {int(s): v for s, v in table.items()}
-    sizes = sorted(per)
-    plotted |= set(sizes)
-    ax_acc.plot(sizes, [per[s]['token_accuracy'] for s in sizes], 'o-', ms=3, label=label)
-    ax_depth.plot(sizes, [per[s]['mean_depth'] for s in sizes], 'o-', ms=3, label=label)
-  lo, hi = min(train_sizes), max(train_sizes)
-  held = sorted(s for s in plotted if lo <= s <= hi and s not in set(train_sizes))
-  for ax in (ax_acc, ax_depth):
-    ax.axvspan(lo - 0.5, hi + 0.5, color='0.92', zorder=0, label='training range')
-    for i, s in enumerate(held):
-      ax.axvline(s, color='tab:red', ls=':', lw=1, label='held out' if i == 0 else None)
-    ax.set_xlabel('size')
-  ax_acc.set_ylabel('token accuracy (answer tokens)')
-  ax_acc.set_ylim(0, 1.02)
-  ax_depth.set_ylabel('mean executed depth')
-  if max_depth:
-    ax_depth.set_ylim(0, max_depth + 0.5)
-  ax_acc.legend(fontsize=7)
-  fig.suptitle(title or 'accuracy and depth per size')
-  return _save(fig, path)
-
-
 def generalization_figure(result: dict, path, *, title: str = '') -> pathlib.Path:
-  """`accuracy_depth_vs_size` of `generalization.generalization`'s result, one line per T."""
+  """`reporting.accuracy_depth_vs_size` of `generalization.generalization`'s result, one line
+  per T."""
   series = {f'T = {d}' + (' (trained)' if int(d) == result['trained_max_depth'] else ''):
             table['per_size'] for d, table in result['by_max_depth'].items()}
-  return accuracy_depth_vs_size(series, path, train_sizes=result['train_sizes'],
-                                title=title or 'generalization')
+  return reporting.accuracy_depth_vs_size(series, path, train_sizes=result['train_sizes'],
+                                          title=title or 'generalization')
 
 
 def variance_explained(result: dict, path, *, title: str = '') -> pathlib.Path:
