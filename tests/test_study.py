@@ -49,8 +49,8 @@ def test_figures_and_verdicts_of_constructed_runs():
   rng = np.random.default_rng(0)
   aligned = [_records(rng) for _ in range(3)]
   unaligned = [_records(rng, acc_longer=0.9, depth_longer=2.0, rho=False) for _ in range(3)]
-  figures = {'lano': {'early': study.cell_figures('lano', 'early', aligned, n_boot=100),
-                      'online': study.cell_figures('lano', 'online', unaligned, n_boot=100)}}
+  figures = {'lano': {'early': study.cell_figures('lano', 'early', aligned, n_boot=40),
+                      'online': study.cell_figures('lano', 'online', unaligned, n_boot=40)}}
   e, o = figures['lano']['early'], figures['lano']['online']
   assert e['accuracy_kind'] == 'ceiling'
   assert e['accuracy/in_distribution/T6']['mean'] == pytest.approx(0.9, abs=0.02)
