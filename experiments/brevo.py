@@ -38,8 +38,8 @@ def get_config(arg=None):
   elif args.scale == 'study':
     config = common.task_experiment('brevo', train='3-8', holdout='6', longer='9-10',
                                     options={'max_nodes': 16}, decider=args.decider)
-    config.model.update(width=128, num_heads=4, max_depth=6)
-    config.train.update(steps=8000, batch_size=64, warmup_steps=400, log_every=200,
+    config.model.update(width=64, num_heads=4, max_depth=6)
+    config.train.update(steps=6000, batch_size=64, warmup_steps=300, log_every=200,
                         checkpoint_every=1000)
     config.eval.update(batch_size=64, num_batches=8, every_steps=2000)
   else:

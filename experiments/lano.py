@@ -36,8 +36,7 @@ def get_config(arg=None):
                         checkpoint_every=500)
     config.eval.update(batch_size=32, every_steps=500)
     if args.scale == 'study':
-      config.model.update(width=128)
-      config.train.update(steps=8000, batch_size=64, warmup_steps=400, log_every=200,
+      config.train.update(steps=6000, batch_size=64, warmup_steps=300, log_every=200,
                           checkpoint_every=1000)
       config.eval.update(batch_size=64, num_batches=8, every_steps=2000)
   else:
