@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from anira_jax import decoding, sharding
 from anira_jax.anira import Anira
 
-LENGTH_QUANTUM = 64  # cache and prompt lengths are rounded up to it: few compilations
+LENGTH_QUANTUM = 128  # cache and prompt lengths are rounded up to it: few compilations
 
 
 class Generated(NamedTuple):

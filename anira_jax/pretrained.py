@@ -132,7 +132,12 @@ def model_fields(opts: Options) -> dict:
   else:
     width, heads = hf['hidden_size'], hf['num_attention_heads']
     eps, tied = hf.get('rms_norm_eps', 1e-6), hf.get('tie_word_embeddings', False)
-    theta = hf.get('rope_theta', 10_000.0)
+    # transformers >= 5 writes rope_parameters {rope_theta, rope_type, ...}; earlier versions
+    # rope_theta and rope_scaling.
+    rope = hf.get('rope_parameters') or {}
+    theta = hf.get('rope_theta', rope.get('rope_theta', 10_000.0))
+    if rope.get('rope_type', 'default') != 'default' and not hf.get('rope_scaling'):
+      hf = {**hf, 'rope_scaling': {k: v for k, v in rope.items() if k != 'rope_theta'}}
     if hf.get('attention_bias') or hf.get('mlp_bias'):
       raise ConfigError('checkpoint has attention or MLP biases; Llama blocks have none')
   if hf.get('head_dim', width // heads) != width // heads:

@@ -112,8 +112,10 @@ def test_unroll_loop_compaction_and_decoding_agree(name):
   tokens, complexity = test_compaction._batch()
   for train in (False, True):
     key = jax.random.key(3)
-    outs = [anira.apply(params, tokens, train=train, key=key, complexity_BxL=complexity,
-                        path=path) for path in ('unroll', 'loop')]
+    apply = jax.jit(lambda p, t, c, path: anira.apply(p, t, train=train, key=key,
+                                                      complexity_BxL=c, path=path),
+                    static_argnums=3)
+    outs = [apply(params, tokens, complexity, path) for path in ('unroll', 'loop')]
     np.testing.assert_allclose(outs[0].logits_BxLxV, outs[1].logits_BxLxV, atol=1e-5)
     np.testing.assert_array_equal(outs[0].trajectory.depth_BxL, outs[1].trajectory.depth_BxL)
   out = test_compaction._compare(anira, params, tokens, complexity)
