@@ -31,7 +31,8 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import ml_collections
-from jax._src.ad_checkpoint import saved_residuals  # what jax.ad_checkpoint.print_saved_residuals prints
+# What jax.ad_checkpoint.print_saved_residuals prints, as data (shapes and where they come from).
+from jax._src.ad_checkpoint import saved_residuals
 
 from anira_jax import pretrained, sharding
 from anira_jax import train_state as state_lib

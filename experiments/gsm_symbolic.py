@@ -3,7 +3,8 @@
     python launch.py --config=experiments/gsm_symbolic.py:checkpoint=CKPT \\
         --config.task.options.files='DATA/*.jsonl' --config.gsm_symbolic.path=GSM_DIR
     python launch.py --config=experiments/gsm_symbolic.py:checkpoint=CKPT,decider=online ...
-    python launch.py --config=experiments/gsm_symbolic.py:checkpoint=LLAMA,prelude=0-3,core=10-17,coda=18-21 ...
+    python launch.py \\
+        --config=experiments/gsm_symbolic.py:checkpoint=LLAMA,prelude=0-3,core=10-17,coda=18-21
     python launch.py --config=experiments/gsm_symbolic.py:tiny     # CPU, a minute
 
 The paper (ANIRA §LLM scale): a pretrained decoder made recurrent (prelude / shared core / coda,

@@ -39,7 +39,8 @@ def _tokenizers():
   try:
     import tokenizers  # the `llm` extra: pip install -e '.[llm]'
   except ImportError as e:
-    raise ImportError("the text task needs the 'tokenizers' package: pip install -e '.[llm]'") from e
+    raise ImportError("the text task needs the 'tokenizers' package: "
+                      "pip install -e '.[llm]'") from e
   return tokenizers
 
 

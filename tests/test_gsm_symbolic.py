@@ -47,7 +47,8 @@ def test_text_stream_is_packed_deterministic_and_scores_answers(assets, tmp_path
                           task.tokenizer.encode(records[0]['answer']), [3]])
   np.testing.assert_array_equal(tokens[:len(first)], first)  # BOS (ours 2) ... EOS (ours 3)
   answer = len(task.tokenizer.encode(records[0]['answer']))
-  assert not scored[:len(first) - answer - 1].any() and scored[len(first) - answer - 1:len(first)].all()
+  question = len(first) - answer - 1
+  assert not scored[:question].any() and scored[question:len(first)].all()
   stream = text.base.Stream(task, (32,), 4, seed=5, host_index=1, host_count=2)
   a, b = stream.batch(3), stream.batch(3)
   np.testing.assert_array_equal(a['tokens'], b['tokens'])

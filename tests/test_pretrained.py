@@ -97,7 +97,8 @@ def _write_raven(llama_path, path, prelude, core, coda, rng):
   hf = json.loads((llama_path / 'config.json').read_text())
   width = hf['hidden_size']
   out = {'transformer.wte.weight': src['model.embed_tokens.weight'],
-         'transformer.ln_f.weight': src['model.norm.weight'], 'lm_head.weight': src['lm_head.weight'],
+         'transformer.ln_f.weight': src['model.norm.weight'],
+         'lm_head.weight': src['lm_head.weight'],
          'transformer.adapter.weight': rng.standard_normal((width, 2 * width)).astype(np.float32)}
   for part, layers in (('prelude', prelude), ('core_block', core), ('coda', coda)):
     for j, i in enumerate(layers):

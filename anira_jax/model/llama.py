@@ -37,7 +37,8 @@ def inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
   if not scaling:
     return inv.astype(np.float32)
   factor = float(scaling['factor'])
-  low, high = float(scaling.get('low_freq_factor', 1.0)), float(scaling.get('high_freq_factor', 4.0))
+  low = float(scaling.get('low_freq_factor', 1.0))
+  high = float(scaling.get('high_freq_factor', 4.0))
   old_context = float(scaling['original_max_position_embeddings'])
   wavelength = 2 * np.pi / inv
   scaled = np.where(wavelength > old_context / low, inv / factor, inv)
