@@ -1,7 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the whole run behind `launch.py`.
 
 Resume order: the newest complete checkpoint in `workdir/checkpoints` if there is one, else a
-fresh start from `config.seed`. Data and randomness depend only on (seed, step), so a resumed run
+fresh start: from `config.pretrained`'s checkpoint when it names one, else from `config.seed`. Data and randomness depend only on (seed, step), so a resumed run
 continues exactly where the interrupted one would have been.
 """
 
