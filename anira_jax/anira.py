@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 
 from anira_jax import deciders, options, recurrence
-from anira_jax.model import Network
+from anira_jax import model as model_lib
 from anira_jax.model.config import ModelConfig
 
 PATHS = ('unroll', 'loop')
@@ -30,7 +30,7 @@ class Anira:
   def __init__(self, model: ModelConfig, decider: str,
                decider_options: options.Options | None = None):
     self.model_cfg = model
-    self.network = Network(model)
+    self.network = model_lib.make_network(model)
     self.decider = deciders.make(decider, model, decider_options)
 
   def init(self, key: jax.Array) -> dict:

@@ -155,12 +155,12 @@ def _dense_step(env: _Env, t, active_BxL, h_BxLxD, k_cache, v_cache):
   x_BxLxD = x0_BxLxD = net.core_input(env.params['model'], h_BxLxD, env.h0_BxLxD, t)
   k_cache, v_cache = list(k_cache), list(v_cache)
   for i, block in enumerate(net.core_blocks(env.params['model'], t)):
-    q, k, v = layers.project(cfg, block, x_BxLxD, positions_L)
+    q, k, v = net.project(block, x_BxLxD, positions_L)
     if i > 0:
       k_cache[i], v_cache[i] = k.astype(cache_dtype), v.astype(cache_dtype)
     attn = layers.causal_attention(q, k, v)
-    x_BxLxD = layers.update(cfg, block, x_BxLxD, attn)
-  h_new_BxLxD = h_BxLxD + (x_BxLxD - x0_BxLxD)
+    x_BxLxD = net.update(block, x_BxLxD, attn)
+  h_new_BxLxD = net.core_output(h_BxLxD, x0_BxLxD, x_BxLxD)
   h_BxLxD = jnp.where(active_BxL[..., None], h_new_BxLxD, h_BxLxD)
   return h_BxLxD, tuple(k_cache), tuple(v_cache)
 
@@ -170,7 +170,7 @@ def _refresh(env: _Env, t, h_BxLxD, k_cache, v_cache):
   net, cfg = env.anira.network, env.anira.model_cfg
   block = net.core_blocks(env.params['model'], t)[0]
   x_BxLxD = net.core_input(env.params['model'], h_BxLxD, env.h0_BxLxD, t)
-  k, v = layers.keys_values(cfg, block, x_BxLxD, jnp.arange(env.shape[1]))
+  k, v = net.keys_values(block, x_BxLxD, env.rotary_L)
   cache_dtype = jnp.dtype(cfg.dtype)
   return ((k.astype(cache_dtype),) + tuple(k_cache[1:]),
           (v.astype(cache_dtype),) + tuple(v_cache[1:]))
@@ -180,7 +180,7 @@ def _compact_step(env: _Env, size: int, t, compute_BxL, active_BxL, h_BxLxD, k_c
   """The core on the compute set of every row gathered into one buffer of `size` tokens (row
   by row, in order); only active tokens keep results. Layer 1 reads every token's
   keys/values from the cache, current on entry."""
-  net, cfg, model = env.anira.network, env.anira.model_cfg, env.params['model']
+  net, model = env.anira.network, env.params['model']
   length, tokens = env.shape[1], env.tokens
   idx_T = _indices(_flat(compute_BxL), size)  # b·L + position; padding from B·L on
   real_T = idx_T < tokens
@@ -197,21 +197,21 @@ def _compact_step(env: _Env, size: int, t, compute_BxL, active_BxL, h_BxLxD, k_c
   k_cache, v_cache = list(k_cache), list(v_cache)
   for i, block in enumerate(blocks):
     if i == 0:
-      q_1xTxHxK = layers.queries(cfg, block, x_1xTxD, rot_1xT)
+      q_1xTxHxK = net.queries(block, x_1xTxD, rot_1xT)
     else:
-      q_1xTxHxK, k, v = layers.project(cfg, block, x_1xTxD, rot_1xT)
+      q_1xTxHxK, k, v = net.project(block, x_1xTxD, rot_1xT)
       k_cache[i] = _scatter_rows(k_cache[i], idx_T, k)
       v_cache[i] = _scatter_rows(v_cache[i], idx_T, v)
     attn_TxHxK = layers.attend_ragged(q_1xTxHxK[0], k_cache[i], v_cache[i], pos_T,
                                       row_starts_B1)
-    x_1xTxD = layers.update(cfg, block, x_1xTxD, attn_TxHxK[None])
+    x_1xTxD = net.update(block, x_1xTxD, attn_TxHxK[None])
   keep_T = jnp.where(_gather(_flat(active_BxL), idx_T) & real_T, idx_T,
                      idx_T + tokens)  # distinct and out of range: dropped
-  h_new_1xTxD = h_1xTxD + (x_1xTxD - x0_1xTxD)
+  h_new_1xTxD = net.core_output(h_1xTxD, x0_1xTxD, x_1xTxD)
   h_BxLxD = _scatter_rows(h_BxLxD, keep_T, h_new_1xTxD)
   if not env.stale_every_iteration:  # the input h + h0 does not depend on t: write it now
     x_new_1xTxD = net.core_input(model, h_new_1xTxD, h0_1xTxD, t + 1)
-    k, v = layers.keys_values(cfg, blocks[0], x_new_1xTxD, rot_1xT)
+    k, v = net.keys_values(blocks[0], x_new_1xTxD, rot_1xT)
     k_cache[0] = _scatter_rows(k_cache[0], keep_T, k)
     v_cache[0] = _scatter_rows(v_cache[0], keep_T, v)
   return h_BxLxD, tuple(k_cache), tuple(v_cache)
@@ -292,14 +292,15 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
   cfg = anira.model_cfg
   batch, length, _ = h0_BxLxD.shape
   env = _Env(anira, params, h0_BxLxD, ctx, valid_BxL,
-             rotary_L=layers.rotary(jnp.arange(length), cfg.head_dim),
+             rotary_L=anira.network.rotary(jnp.arange(length)),
              stale_every_iteration=cfg.iteration_embedding or cfg.kind == 'standard')
-  kv_shape = (batch, length, cfg.num_heads, cfg.head_dim)
+  kv_shape = (batch, length, cfg.kv_heads, cfg.head_dim)
   zeros = lambda: tuple(jnp.zeros(kv_shape, jnp.dtype(cfg.dtype))
                         for _ in range(cfg.core_layers))
   zero = jnp.int32(0)
   state = anira.decider.start(params['decider'], h0_BxLxD, ctx)
-  init = _Carry(zero, h0_BxLxD, state, jnp.zeros((batch, length), jnp.int32),
+  init = _Carry(zero, anira.network.initial_state(h0_BxLxD), state,
+                jnp.zeros((batch, length), jnp.int32),
                 *_plan(env, zero, state, valid_BxL), zeros(), zeros(), Work(zero, zero, zero, zero))
   # Active sets only shrink, so one pass of `_phases` runs every iteration; a run set that grows
   # past its bucket again (no decider's does) ends the pass early and the next one picks it up.

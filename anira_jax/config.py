@@ -13,7 +13,7 @@ import re
 
 import ml_collections
 
-from anira_jax import deciders
+from anira_jax import deciders, gsm_symbolic, pretrained
 from anira_jax.model.config import ModelConfig
 from anira_jax.options import ConfigError
 
@@ -75,6 +75,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.eval.num_batches = 4
   config.eval.every_steps = 500
   config.eval.max_depth = 0  # T at evaluation; 0 = the trained D
+
+  # --- LLM scale: the checkpoint a run starts from, and the GSM-Symbolic benchmark after it --
+  config.pretrained = ml_collections.ConfigDict(pretrained.Options.defaults())
+  config.gsm_symbolic = ml_collections.ConfigDict(gsm_symbolic.Options.defaults())
   return config
 
 

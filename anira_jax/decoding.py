@@ -24,7 +24,6 @@ own depth (rows that halted are carried along without changing state).
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -66,7 +65,7 @@ def init_cache(anira: Anira, batch: int, max_len: int, max_depth: int | None = N
   cfg = anira.model_cfg
   depth = max_depth or cfg.max_depth
   dtype = jnp.dtype(cfg.dtype)
-  kv = (batch, max_len, cfg.num_heads, cfg.head_dim)
+  kv = (batch, max_len, cfg.kv_heads, cfg.head_dim)
   zeros = lambda *lead: jnp.zeros((*lead, *kv), dtype)
   return Cache(zeros(cfg.prelude_layers), zeros(cfg.prelude_layers),
                zeros(depth, cfg.core_layers), zeros(depth, cfg.core_layers),
@@ -82,24 +81,24 @@ def _write(cache_k, cache_v, index: tuple, position, k_Bx1xHxK, v_Bx1xHxK):
   return put(cache_k, k_Bx1xHxK), put(cache_v, v_Bx1xHxK)
 
 
-def _layer(cfg, block, x_Bx1xD, position, cache_k_BxNxHxK, cache_v_BxNxHxK):
+def _layer(net, block, x_Bx1xD, position, cache_k_BxNxHxK, cache_v_BxNxHxK):
   """One block for the new token; returns (output, its k, its v). The cache passed in must
   already hold every earlier position; the new token's own key is attended to here."""
   positions_1 = position[None]
-  q, k, v = layers.project(cfg, block, x_Bx1xD, positions_1)
+  q, k, v = net.project(block, x_Bx1xD, positions_1)
   cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k_BxNxHxK, k.astype(cache_k_BxNxHxK.dtype),
                                                 position, axis=1)
   cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v_BxNxHxK, v.astype(cache_v_BxNxHxK.dtype),
                                                 position, axis=1)
   q_positions_Bx1 = jnp.full((cache_k.shape[0], 1), position)
   attn = layers.attend(q, cache_k, cache_v, q_positions_Bx1)
-  return layers.update(cfg, block, x_Bx1xD, attn), k, v
+  return net.update(block, x_Bx1xD, attn), k, v
 
 
-def _stack(cfg, blocks, x_Bx1xD, position, cache_k, cache_v):
+def _stack(net, blocks, x_Bx1xD, position, cache_k, cache_v):
   """A prelude or coda stack for the new token with its one-level cache."""
   for i, block in enumerate(blocks):
-    x_Bx1xD, k, v = _layer(cfg, block, x_Bx1xD, position, cache_k[i], cache_v[i])
+    x_Bx1xD, k, v = _layer(net, block, x_Bx1xD, position, cache_k[i], cache_v[i])
     cache_k, cache_v = _write(cache_k, cache_v, (i,), position, k, v)
   return x_Bx1xD, cache_k, cache_v
 
@@ -118,7 +117,7 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
   model = params['model']
 
   x_Bx1xD = net.embed_inputs(model, tokens_B[:, None], position[None])
-  h0_Bx1xD, prelude_k, prelude_v = _stack(cfg, net.prelude_blocks(model), x_Bx1xD, position,
+  h0_Bx1xD, prelude_k, prelude_v = _stack(net, net.prelude_blocks(model), x_Bx1xD, position,
                                           cache.prelude_k, cache.prelude_v)
 
   def iteration(t, h_Bx1xD, core_k, core_v):
@@ -127,9 +126,9 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
     for i, block in enumerate(net.core_blocks(model, t)):
       level_k = jax.lax.dynamic_index_in_dim(core_k, t - 1, 0, keepdims=False)[i]
       level_v = jax.lax.dynamic_index_in_dim(core_v, t - 1, 0, keepdims=False)[i]
-      x_Bx1xD, k, v = _layer(cfg, block, x_Bx1xD, position, level_k, level_v)
+      x_Bx1xD, k, v = _layer(net, block, x_Bx1xD, position, level_k, level_v)
       core_k, core_v = _write(core_k, core_v, (t - 1, i), position, k, v)
-    return h_Bx1xD + (x_Bx1xD - x0_Bx1xD), core_k, core_v
+    return net.core_output(h_Bx1xD, x0_Bx1xD, x_Bx1xD), core_k, core_v
 
   state = decider.start(params['decider'], h0_Bx1xD, ctx)
   every_row_Bx1 = jnp.ones(tokens_B.shape[:1] + (1,), bool)
@@ -149,13 +148,14 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
 
   depth_Bx1 = jnp.zeros(tokens_B.shape[:1] + (1,), jnp.int32)
   t_end, h_Bx1xD, state, depth_Bx1, core_k, core_v = jax.lax.while_loop(
-      more, body, (jnp.int32(0), h0_Bx1xD, state, depth_Bx1, cache.core_k, cache.core_v))
+      more, body, (jnp.int32(0), net.initial_state(h0_Bx1xD), state, depth_Bx1, cache.core_k,
+                   cache.core_v))
 
   # Levels above t_end: what the frozen token shows to later tokens at those iterations.
   if static_frozen_kv(anira):
     block = net.core_blocks(model, t_end + 1)[0]
     x_Bx1xD = net.core_input(model, h_Bx1xD, h0_Bx1xD, t_end + 1)
-    k, v = layers.keys_values(cfg, block, x_Bx1xD, position[None])
+    k, v = net.keys_values(block, x_Bx1xD, position[None])
     column_k = jax.lax.dynamic_slice_in_dim(core_k, position, 1, axis=3)  # [T, C, B, 1, H, K]
     column_v = jax.lax.dynamic_slice_in_dim(core_v, position, 1, axis=3)
     above_Tx1x1x1x1x1 = (jnp.arange(max_depth) >= t_end)[:, None, None, None, None, None]
@@ -170,7 +170,7 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
 
   trajectory = recurrence.finish(decider, params, state, h_Bx1xD, depth_Bx1, t_end)
   decision, readout_Bx1xD = trajectory.decision, trajectory.state_BxLxD
-  y_Bx1xD, coda_k, coda_v = _stack(cfg, net.coda_blocks(model), readout_Bx1xD, position,
+  y_Bx1xD, coda_k, coda_v = _stack(net, net.coda_blocks(model), readout_Bx1xD, position,
                                    cache.coda_k, cache.coda_v)
   logits_Bx1xV = net.readout_head(model, y_Bx1xD)
   out = StepOutput(logits_Bx1xV[:, 0], depth_Bx1[:, 0], decision.q_BxLxT[:, 0],
@@ -205,46 +205,3 @@ def decode_logits(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
   trajectory = recurrence.Trajectory(swap(outs.readout_BxD), depth_BxL, decision,
                                      jnp.max(depth_BxL), None)
   return Output(swap(outs.logits_BxV), trajectory)
-
-
-class Generation(NamedTuple):
-  """Greedy decoding of every row: its tokens and what decoding each position decided."""
-
-  tokens_BxL: jax.Array  # the prompts, then the argmax continuations
-  depth_BxL: jax.Array  # int32 iterations of the token at each position (which predicts the next)
-  q_BxLxT: jax.Array
-  head_calls_BxL: jax.Array
-
-
-def generate(anira: Anira, params: dict, prompt_BxP: jax.Array, num_tokens: int, *,
-             prompt_lengths_B: jax.Array | None = None,
-             complexity_BxL: jax.Array | None = None,
-             max_depth: int | None = None) -> Generation:
-  """Greedy decoding: each row's prompt, then argmax tokens, each at its own depth, up to
-  P + num_tokens positions.
-
-  Row b's prompt is prompt_BxP[b, :prompt_lengths_B[b]] (default: all P tokens); from there on
-  the row feeds back its own argmax, so prompts of different lengths decode in one batch.
-  `complexity_BxL` (oracle only) covers prompt and continuation, [B, P + num_tokens].
-  """
-  batch, prompt_len = prompt_BxP.shape
-  length = prompt_len + num_tokens
-  lengths_B = (jnp.full((batch,), prompt_len) if prompt_lengths_B is None
-               else jnp.asarray(prompt_lengths_B))
-  step = jax.jit(functools.partial(decode_step, anira, max_depth=max_depth), donate_argnums=1)
-  cache = init_cache(anira, batch, length, max_depth)
-  outs = []
-  token_B = prompt_BxP[:, 0]
-  tokens = [token_B]
-  for position in range(length):
-    complexity_B = None if complexity_BxL is None else complexity_BxL[:, position]
-    out, cache = step(params, cache, token_B, jnp.int32(position), complexity_B)
-    outs.append(out)
-    if position + 1 < length:
-      prompt_B = prompt_BxP[:, min(position + 1, prompt_len - 1)]
-      argmax_B = jnp.argmax(out.logits_BxV, -1).astype(prompt_BxP.dtype)
-      token_B = jnp.where(position + 1 < lengths_B, prompt_B, argmax_B)
-      tokens.append(token_B)
-  stack = lambda name: jnp.stack([getattr(o, name) for o in outs], 1)  # noqa: E731
-  return Generation(jnp.stack(tokens, 1), stack('depth_B'), stack('q_BxT'),
-                    stack('head_calls_B'))

@@ -168,15 +168,15 @@ def evaluate_batches(anira: Anira, params: dict, batches: Iterable[dict],
   results = {**trace_lib.split_results(trace, ceiling), 'mean_loop_iterations': mean_iterations}
   if isinstance(task, tasks.Generative):
     results['generation'] = generation.results(
-        *generation_traces(anira, params, task, batches, max_depth))
+        *generation_traces(anira, params, task, batches, max_depth, mesh))
   return results
 
 
 def generation_traces(anira: Anira, params: dict, task: tasks.Generative, batches: Iterable[dict],
-                      max_depth: int | None = None
+                      max_depth: int | None = None, mesh=None
                       ) -> tuple[trace_lib.Trace, dict[str, np.ndarray]]:
   """`generation.generate_trace` over host batches, concatenated."""
-  traces, verdicts = zip(*(generation.generate_trace(anira, params, task, b, max_depth)
+  traces, verdicts = zip(*(generation.generate_trace(anira, params, task, b, max_depth, mesh)
                            for b in batches))
   return (trace_lib.concatenate(traces),
           {name: np.concatenate([v[name] for v in verdicts]) for name in verdicts[0]})

@@ -15,7 +15,7 @@ import dataclasses
 import ml_collections
 
 import tasks
-from anira_jax import deciders, options
+from anira_jax import deciders, gsm_symbolic, options, pretrained
 from anira_jax.anira import Anira
 from anira_jax.config import EVAL_SOURCES, parse_sizes
 from anira_jax.model.config import ModelConfig
@@ -31,6 +31,8 @@ class Experiment:
   anira: Anira
   train_sizes: tuple[int, ...]  # the sizes training draws from
   splits: dict[str, tuple[int, ...]]  # evaluation split name -> sizes
+  pretrained: pretrained.Options = pretrained.Options()  # the checkpoint training starts from
+  gsm_symbolic: gsm_symbolic.Options = gsm_symbolic.Options()  # the benchmark after training
 
 
 def _sizes(config: ml_collections.ConfigDict, field: str) -> tuple[int, ...]:
@@ -159,6 +161,11 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       f'needs decider.name="fixed", not {config.decider.name!r}')
   _check_train(config.train)
   _check_mesh_and_eval(config, model)
+  start = pretrained.Options.from_section(config.pretrained, 'pretrained')
+  gsm = gsm_symbolic.Options.from_section(config.gsm_symbolic, 'gsm_symbolic')
+  if gsm.path and not isinstance(task, tasks.TextTask):
+    raise ConfigError('config.gsm_symbolic.path is set: the benchmark needs a text task '
+                      f'(task.name="text", for its tokenizer), not {config.task.name!r}')
   return Experiment(config=config, task=task,
                     anira=Anira(model, config.decider.name, decider_opts),
-                    train_sizes=sizes, splits=splits)
+                    train_sizes=sizes, splits=splits, pretrained=start, gsm_symbolic=gsm)

@@ -117,7 +117,7 @@ def unroll(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD:
   step = jax.checkpoint(step, policy=None if remat else RESIDUALS_POLICY)
   steps_T = jnp.arange(1, ctx.max_depth + 1, dtype=jnp.int32)
   (h_BxLxD, state, depth_BxL), states = jax.lax.scan(
-      step, (h0_BxLxD, state, depth_BxL), steps_T)
+      step, (net.initial_state(h0_BxLxD), state, depth_BxL), steps_T)
   return finish(decider, params, state, h_BxLxD, depth_BxL, jnp.int32(ctx.max_depth), states)
 
 
@@ -146,7 +146,7 @@ def loop(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD: j
     return t + 1, h_BxLxD, state, depth_BxL, states
 
   t_end, h_BxLxD, state, depth_BxL, states_TxBxLxD = jax.lax.while_loop(
-      more, body, (jnp.int32(0), h0_BxLxD, state, depth_BxL, states_TxBxLxD))
+      more, body, (jnp.int32(0), net.initial_state(h0_BxLxD), state, depth_BxL, states_TxBxLxD))
   if collect_states:
     # Iterations after t_end would have left every state frozen.
     steps_T = jnp.arange(1, ctx.max_depth + 1)

@@ -6,9 +6,10 @@ from tasks.clrs import ClrsTask
 from tasks.lano import LanoTask
 from tasks.mano import ManoTask
 from tasks.parity import ParityTask
+from tasks.text import TextTask
 
 TASKS: dict[str, type[Task]] = {
-    cls.name: cls for cls in (ParityTask, ManoTask, BrevoTask, ClrsTask, LanoTask)
+    cls.name: cls for cls in (ParityTask, ManoTask, BrevoTask, ClrsTask, LanoTask, TextTask)
 }
 
 
@@ -19,4 +20,5 @@ def make(name: str, **options) -> Task:
   return TASKS[name](**options)
 
 
-__all__ = ['PAD', 'Example', 'Generative', 'Stream', 'Task', 'TASKS', 'make', 'make_batch']
+__all__ = ['PAD', 'Example', 'Generative', 'Stream', 'Task', 'TASKS', 'TextTask', 'make',
+           'make_batch']

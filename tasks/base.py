@@ -121,9 +121,9 @@ class Generative(abc.ABC):
     """The most tokens a right answer of any size up to `max_size` takes, its end included."""
 
   @abc.abstractmethod
-  def answer_length(self, generated: Sequence[int]) -> int:
-    """How many of the generated tokens the answer takes, its end token included (all of them
-    when it never ends)."""
+  def answer_end(self, generated: Sequence[int]) -> int | None:
+    """How many of the generated tokens the answer takes, its end token included; None while it
+    has not ended (a generator's stop condition)."""
 
   @abc.abstractmethod
   def grade(self, prompt: Sequence[int], generated: Sequence[int]) -> dict[str, bool]:

@@ -177,8 +177,8 @@ class BrevoTask(base.Task, base.Generative):
     continues from there.
   - `max_answer_length(max_size) -> int`: the most tokens a correct answer of any size up to
     `max_size` takes, its closing `<eos>` included (a bound for the decoder's buffer).
-  - `answer_length(generated) -> int`: the generated tokens the answer takes, up to and
-    including its first `<eos>`.
+  - `answer_end(generated) -> int | None`: the generated tokens the answer takes, up to and
+    including its first `<eos>`; None before there is one.
   - `grade(prompt, generated) -> {'terminated', 'node_set_correct', 'valid_order'}` (bools): the
     answer is `generated` up to its first `<eos>` (what follows is ignored); `terminated`: there
     is one; `node_set_correct`: terminated, and exactly the query and its ancestors, each once
@@ -298,10 +298,10 @@ class BrevoTask(base.Task, base.Generative):
     del tokens
     return int(np.argmax(loss_mask)) + 1
 
-  def answer_length(self, generated: Sequence[int]) -> int:
-    """The generated tokens up to and including the first `<eos>` (all of them without one)."""
+  def answer_end(self, generated: Sequence[int]) -> int | None:
+    """The generated tokens up to and including the first `<eos>`; None without one."""
     answer, terminated = self._answer(generated)
-    return len(answer) + terminated
+    return len(answer) + 1 if terminated else None
 
   @staticmethod
   def _answer(generated: Sequence[int]) -> tuple[list[int], bool]:

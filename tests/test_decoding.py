@@ -10,7 +10,8 @@ from conftest import (ALL_DECIDERS, assert_same_on_real_tokens, decides_per_toke
                       tiny_model)
 from test_recurrence import _spread_halting
 
-from anira_jax import decoding
+from anira_jax import decoding, generation
+from anira_jax.deciders import base as deciders_base
 from anira_jax.model import layers
 
 
@@ -56,24 +57,21 @@ def test_frozen_keys_that_depend_on_the_iteration(name, overrides):
   assert any(depth_L[i] < depth_L[i + 1:].max() for i in range(len(depth_L) - 1))
 
 
-def test_generate_continues_with_the_argmax_of_the_full_model():
+def test_generation_continues_with_the_argmax_of_the_full_model():
+  """`generation.generate_batch` on the ANIRA family (tests/test_gsm_symbolic.py does Llama with
+  ragged prompts): tokens, depths and E_q[d] are the inference loop's on the generated text."""
   anira = tiny_anira('online', tiny_model())
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
-  prompt = _batch()[0][:2, :4]
-  out = decoding.generate(anira, params, prompt, num_tokens=4)
-  tokens, depth = out.tokens_BxL, out.depth_BxL
-  assert tokens.shape == depth.shape == (2, 8)
-  np.testing.assert_array_equal(tokens[:, :4], prompt)
+  prompt = np.asarray(_batch()[0][:2, :4])
+  made = generation.generate_batch(anira, params, list(prompt), max_new_tokens=4, chunk=4)
+  tokens = np.concatenate([prompt, np.stack([m.tokens for m in made])], axis=1)
   full = anira.apply(params, tokens, train=False, path='loop')
-  np.testing.assert_array_equal(tokens[:, 4:], jnp.argmax(full.logits_BxLxV[:, 3:-1], -1))
-  np.testing.assert_array_equal(depth, full.trajectory.depth_BxL)
-  np.testing.assert_allclose(out.q_BxLxT, full.trajectory.decision.q_BxLxT, atol=1e-5)
-  # Prompts of different lengths in one batch: each row as if decoded alone.
-  ragged = decoding.generate(anira, params, prompt, num_tokens=4, prompt_lengths_B=[2, 4])
-  alone = decoding.generate(anira, params, prompt[:1, :2], num_tokens=6)
-  np.testing.assert_array_equal(ragged.tokens_BxL[0], alone.tokens_BxL[0])
-  np.testing.assert_array_equal(ragged.depth_BxL[0], alone.depth_BxL[0])
-  np.testing.assert_array_equal(ragged.tokens_BxL[1], tokens[1])
+  at = slice(3, 7)  # position p predicts token p + 1
+  np.testing.assert_array_equal(tokens[:, 4:], jnp.argmax(full.logits_BxLxV[:, at], -1))
+  np.testing.assert_array_equal(np.stack([m.depth for m in made]),
+                                full.trajectory.depth_BxL[:, at])
+  expected = deciders_base.expected_depth(full.trajectory.decision.q_BxLxT)[:, at]
+  np.testing.assert_allclose(np.stack([m.expected_depth for m in made]), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize('name', ['online', 'early'])

@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_anira, tiny_model
 
 import tasks
-from anira_jax import decoding, evaluation, generation
+from anira_jax import evaluation, generation
 
 TASK = tasks.make('brevo', max_nodes=12)
 
@@ -18,17 +18,18 @@ def _batch():
 
 
 def _answers_as_generation(monkeypatch, answers):
-  """Makes `decoding.generate` return each row's prompt followed by the given answer tokens."""
-  def fake(anira, params, prompts_BxL, num_tokens, *, prompt_lengths_B, max_depth=None):
-    del anira, params, num_tokens, max_depth
-    tokens = np.array(prompts_BxL)
-    for b, answer in enumerate(answers):
-      tokens[b, prompt_lengths_B[b]:prompt_lengths_B[b] + len(answer)] = answer
-    shape = tokens.shape
-    return decoding.Generation(tokens, np.full(shape, 2, np.int32),
-                               np.tile(np.eye(4, dtype=np.float32)[1], shape + (1,)),
-                               np.ones(shape, np.int32))
-  monkeypatch.setattr(generation.decoding, 'generate', fake)
+  """Makes `generation.generate_batch` return the given answer tokens for each prompt."""
+  def fake(anira, params, prompts, *, max_new_tokens, stop, max_depth=None, mesh=None):
+    del anira, params, max_new_tokens, max_depth, mesh
+    made = []
+    for answer in answers[:len(prompts)]:
+      end = stop(answer)
+      answer = answer if end is None else answer[:end]
+      made.append(generation.Generated(np.asarray(answer), np.full(len(answer), 2, np.int32),
+                                       np.full(len(answer), 2.0, np.float32),
+                                       np.ones(len(answer), np.int32), end is not None))
+    return made
+  monkeypatch.setattr(generation, 'generate_batch', fake)
 
 
 def _written_answers(batch):
@@ -47,11 +48,15 @@ def test_the_written_answer_is_right_and_its_record_is_the_examples(monkeypatch)
                                               {}, TASK, batch)
   assert all(v.all() for v in verdicts.values())
   assert trace.sequence_correct.all()
-  # The answer positions, annotations and features are those of the example itself.
-  np.testing.assert_array_equal(trace.loss_mask, batch['loss_mask'])
-  np.testing.assert_array_equal(trace.annotated, batch['annotated'])
+  # The answer positions, annotations and features are those of the example itself (the
+  # trace ends with the longest answer; the batch's tail is padding).
+  length = trace.loss_mask.shape[1]
+  assert not batch['loss_mask'][:, length:].any()
+  np.testing.assert_array_equal(trace.loss_mask, batch['loss_mask'][:, :length])
+  np.testing.assert_array_equal(trace.annotated, batch['annotated'][:, :length])
   for name in TASK.feature_names:
-    np.testing.assert_array_equal(trace.features[name], batch['features'][name], err_msg=name)
+    np.testing.assert_array_equal(trace.features[name], batch['features'][name][:, :length],
+                                  err_msg=name)
   result = generation.results(trace, verdicts)
   assert result['valid_order_rate'] == 1.0 and result['samples'] == 6
   assert result['mean_depth'] == 2.0 and set(result['per_size']) <= {4, 6, 8}
@@ -82,9 +87,10 @@ def test_greedy_generation_records_the_decoders_depths(name):
   prompts = [TASK.prompt_length(t, m) for t, m in zip(batch['tokens'], batch['loss_mask'])]
   for b, start in enumerate(prompts):
     np.testing.assert_array_equal(trace.tokens[b, :start], batch['tokens'][b, :start])
-  # The decoder's depths are the masked loop's on the generated sequences.
+  # The decoder's depths at the answer positions are the masked loop's on the generated text.
   full = anira.apply(params, trace.tokens, train=False, path='loop')
-  np.testing.assert_array_equal(trace.depth[trace.real], np.asarray(
-      full.trajectory.depth_BxL)[trace.real])
+  answer = trace.loss_mask
+  np.testing.assert_array_equal(trace.depth[answer], np.asarray(full.trajectory.depth_BxL)[answer])
+  assert not trace.depth[~answer].any()
   assert set(verdicts) == {'terminated', 'node_set_correct', 'valid_order'}
   assert trace.loss_mask.sum(-1).min() >= 1

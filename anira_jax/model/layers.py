@@ -15,7 +15,13 @@ step (compacted inference, KV-cache decoding):
 
 `Block.__call__` is these three on one sequence, with `causal_attention` (the same function as
 `attend` over the whole sequence; tested) in the middle, so the pieces and the block cannot
-drift apart; `block_params` is one `layer_i` entry of a `Stack`'s parameter tree.
+drift apart; `block_params` is one `layer_i` entry of a `Stack`'s parameter tree. Another model
+family (`llama.py`) is another block class with the same methods; `Network` calls whichever
+its config names.
+
+Grouped-query attention: keys and values may have fewer heads than queries (KV dividing H);
+the attention functions below give query head h the key/value head h // (H / KV), so caches
+hold KV heads.
 
 On one CPU device, float32 attention with head dims 16/32/64/128 runs in a fused kernel
 (`cpu_attention`, compiled on first use); elsewhere, or without a C++ compiler, as the plain JAX
@@ -43,10 +49,14 @@ class Rotary(NamedTuple):
   cos: jax.Array
 
 
-def rotary(positions: jax.Array, head_dim: int, base: float = 10_000.0) -> Rotary:
-  """The rotary angles' sin and cos at `positions`, [L] (shared by the batch) or [B, L]."""
+def rotary(positions: jax.Array, head_dim: int, base: float = 10_000.0,
+           freq_K: np.ndarray | None = None) -> Rotary:
+  """The rotary angles' sin and cos at `positions`, [L] (shared by the batch) or [B, L], for
+  frequencies base^(-2k/head_dim) (or `freq_K`, [head_dim / 2], e.g. a scaled RoPE's)."""
   half = head_dim // 2
-  freq_K = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if freq_K is None:
+    freq_K = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  freq_K = jnp.asarray(freq_K, jnp.float32)
   positions_BxL = positions[None] if positions.ndim == 1 else positions
   angle_BxLxK = positions_BxL.astype(jnp.float32)[:, :, None] * freq_K[None, None, :]
   return Rotary(jnp.sin(angle_BxLxK)[:, :, None, :], jnp.cos(angle_BxLxK)[:, :, None, :])
@@ -94,18 +104,26 @@ class Block(nn.Module):
   def setup(self):
     cfg = self.cfg
     dtype = jnp.dtype(cfg.dtype)
-    heads = (cfg.num_heads, cfg.head_dim)
-    self.attn_norm = nn.RMSNorm(dtype=jnp.float32)
-    self.query = nn.DenseGeneral(heads, dtype=dtype)
-    self.key = nn.DenseGeneral(heads, dtype=dtype)
-    self.value = nn.DenseGeneral(heads, dtype=dtype)
+    self.attn_norm = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=jnp.float32)
+    self.query = nn.DenseGeneral((cfg.num_heads, cfg.head_dim), dtype=dtype)
+    self.key = nn.DenseGeneral((cfg.kv_heads, cfg.head_dim), dtype=dtype)
+    self.value = nn.DenseGeneral((cfg.kv_heads, cfg.head_dim), dtype=dtype)
     self.out = nn.DenseGeneral(cfg.width, axis=(-2, -1), dtype=dtype)
-    self.mlp_norm = nn.RMSNorm(dtype=jnp.float32)
-    self.mlp_in = nn.DenseGeneral(cfg.mlp_ratio * cfg.width, dtype=dtype)
+    self.mlp_norm = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=jnp.float32)
+    self.mlp_in = nn.DenseGeneral(cfg.hidden, dtype=dtype)
     self.mlp_out = nn.DenseGeneral(cfg.width, dtype=dtype)
 
+  @staticmethod
+  def rotary(cfg: ModelConfig, positions: jax.Array) -> Rotary:
+    """RoPE's angles at `positions` for this block's heads."""
+    return rotary(positions, cfg.head_dim, cfg.rope_theta)
+
   def _rope(self, x_BxLxHxK, positions):
-    return rope(x_BxLxHxK, positions) if self.cfg.position == 'rope' else x_BxLxHxK
+    if self.cfg.position != 'rope':
+      return x_BxLxHxK
+    if not isinstance(positions, Rotary):
+      positions = self.rotary(self.cfg, positions)
+    return rope(x_BxLxHxK, positions)
 
   def project(self, x_BxLxD: jax.Array, positions: jax.Array | Rotary):
     """(q, k, v), each [B, L, H, K], of the block input x at `positions` ([L] or [B, L], or
@@ -159,6 +177,15 @@ def keys_values(cfg: ModelConfig, params: dict, x_BxLxD: jax.Array,
 def update(cfg: ModelConfig, params: dict, x_BxLxD: jax.Array, attn_BxLxHxK: jax.Array):
   """`Block.update` as a pure function of one block's params."""
   return Block(cfg).apply({'params': params}, x_BxLxD, attn_BxLxHxK, method=Block.update)
+
+
+def share_kv(q_BxSxHxK: jax.Array, k_BxNxGxK: jax.Array, v_BxNxGxK: jax.Array):
+  """Keys and values with one head per query head: head h reads key/value head h // (H / G)
+  (grouped-query attention; unchanged when G = H)."""
+  groups = q_BxSxHxK.shape[-2] // k_BxNxGxK.shape[-2]
+  if groups == 1:
+    return k_BxNxGxK, v_BxNxGxK
+  return jnp.repeat(k_BxNxGxK, groups, axis=-2), jnp.repeat(v_BxNxGxK, groups, axis=-2)
 
 
 def causal_mask(positions_L: jax.Array) -> jax.Array:
@@ -232,7 +259,9 @@ def causal_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
   In the fused CPU kernel where it applies (`cpu_attention.supports`), else in plain JAX
   (`blocked_causal_attention`). Both have their own backward pass and save, for the checkpoint
   policy, their output and row log-sum-exp under ATTENTION_OUT and ATTENTION_LOGSUMEXP.
+  Keys/values may have fewer heads (`share_kv`).
   """
+  k_BxLxHxK, v_BxLxHxK = share_kv(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
   if cpu_attention.supports(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
     batch, length = q_BxLxHxK.shape[:2]
     positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
@@ -333,8 +362,10 @@ def attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
 
   So a gathered subset of queries over the whole key cache gives what the full causal block
   gives those tokens. Returns [B, S, H, K]. In the fused CPU kernel where it applies, which also
-  skips, per tile of queries, the keys past the tile's largest position.
+  skips, per tile of queries, the keys past the tile's largest position. Keys/values may have
+  fewer heads (`share_kv`).
   """
+  k_BxNxHxK, v_BxNxHxK = share_kv(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK)
   if cpu_attention.supports(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK):
     return _fused_attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS)
   return plain_attend(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS)
@@ -355,8 +386,10 @@ def attend_ragged(q_TxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array
 
   Compaction's layout (a [B, S] one would pad every row to the busiest). Where the CPU kernel
   applies it reads this layout as it is; the plain JAX path places row b's queries in slots 0..
-  of a [B, min(T, N)] layout, so its attention may cost up to a full causal pass.
+  of a [B, min(T, N)] layout, so its attention may cost up to a full causal pass. Keys/values
+  may have fewer heads (`share_kv`).
   """
+  k_BxNxHxK, v_BxNxHxK = share_kv(q_TxHxK, k_BxNxHxK, v_BxNxHxK)
   if cpu_attention.supports(q_TxHxK, k_BxNxHxK, v_BxNxHxK):
     return cpu_attention.ragged_forward(q_TxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_T,
                                         row_starts_B1)[0]
@@ -401,11 +434,12 @@ class Stack(nn.Module):
 
   cfg: ModelConfig
   num_layers: int
+  block: type = Block  # the model family's block class
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, positions_L: jax.Array) -> jax.Array:
     for i in range(self.num_layers):
-      x_BxLxD = Block(self.cfg, name=f'layer_{i}')(x_BxLxD, positions_L)
+      x_BxLxD = self.block(self.cfg, name=f'layer_{i}')(x_BxLxD, positions_L)
     return x_BxLxD
 
 
@@ -421,7 +455,7 @@ class Readout(nn.Module):
 
   def setup(self):
     self.coda = Stack(self.cfg, self.cfg.coda_layers)
-    self.final_norm = nn.RMSNorm(dtype=jnp.float32)
+    self.final_norm = nn.RMSNorm(epsilon=self.cfg.norm_eps, dtype=jnp.float32)
     self.lm_head = nn.Dense(self.cfg.vocab_size, dtype=jnp.float32)
 
   def head(self, h_BxLxD: jax.Array) -> jax.Array:

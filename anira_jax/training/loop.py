@@ -1,7 +1,7 @@
 """`train_and_evaluate(config, workdir)`: the whole run behind `launch.py`.
 
 Resume order: the newest complete checkpoint in `workdir/checkpoints` if there is one, else a
-fresh start from `config.seed`. Data and randomness depend only on (seed, step), so a resumed run
+fresh start: from `config.pretrained`'s checkpoint when it names one, else from `config.seed`. Data and randomness depend only on (seed, step), so a resumed run
 continues exactly where the interrupted one would have been.
 """
 
@@ -20,7 +20,8 @@ import tqdm
 from absl import logging
 
 import tasks
-from anira_jax import checkpoint, evaluation, experiment, reporting, sharding
+from anira_jax import checkpoint, evaluation, experiment, gsm_symbolic, pretrained, reporting
+from anira_jax import sharding
 from anira_jax import train_state as state_lib
 from anira_jax.anira import Anira, num_params
 from anira_jax.training import preemption
@@ -92,8 +93,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       anira, tx, mesh, train_key, config.train.grad_accumulation_steps)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   last_saved = mngr.latest_step()
-  if last_saved is None:
-    state = create(init_key)
+  if last_saved is None:  # a fresh start: from config.pretrained's checkpoint, or random
+    state = (pretrained.train_state(anira, tx, exp.pretrained, init_key, state_sharding)
+             if exp.pretrained.path else create(init_key))
   else:
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract_state, state_sharding)
@@ -155,6 +157,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   _check_finite(state, last_saved, workdir)
   results = evaluation.evaluate(exp, state.params, sets, int(state.step),
                                 config.eval.max_depth or None, mesh=mesh)
+  if exp.gsm_symbolic.path:
+    results['gsm_symbolic'] = gsm_symbolic.evaluate(
+        anira, state.params, exp.task.tokenizer, exp.gsm_symbolic, bos_id=exp.task.bos,
+        eos_ids=(exp.task.eos,), mesh=mesh, out_dir=workdir / 'gsm_symbolic' if lead else None)
   if lead:
     reporting.write_results(workdir, results)
     reporting.plot_per_size(results, workdir / 'accuracy_per_size.png')
@@ -162,4 +168,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       scalars = {k: v for k, v in r.items() if isinstance(v, (int, float))}
       logging.info('final %s: %s', name, json.dumps(scalars))
     print(reporting.table(results), flush=True)
+    if 'gsm_symbolic' in results:
+      print(gsm_symbolic.table(results['gsm_symbolic']), flush=True)
   return results
