@@ -108,7 +108,7 @@ def _fail(e: Exception, workdir: pathlib.Path) -> None:
   to WORKDIR/error.log when it can be written."""
   first, *rest = _lines(e)
   line = first if isinstance(e, (*EXPLAINED, OSError)) else f'{type(e).__name__}: {first}'
-  notes = [n for n in getattr(e, '__notes__', ())]
+  notes = list(getattr(e, '__notes__', ()))
   if not isinstance(e, EXPLAINED):
     log = workdir / 'error.log'
     try:

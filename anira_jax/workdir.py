@@ -186,6 +186,8 @@ class Lock:
       self._text = text
       self._thread = threading.Thread(target=self._refresh, daemon=True, name='workdir-lock')
       self._thread.start()
+      if self.took_over:
+        print(f'note: {self.took_over}', file=sys.stderr, flush=True)
       return self
     raise WorkdirError(f'{self.workdir} is being claimed by another run at the same moment; '
                        f'see {self.path}')
@@ -207,7 +209,6 @@ class Lock:
         self.path.unlink()
     self.took_over = (f'took over the stale lock of {_describe(owner)} in {self.workdir}: '
                       f'{reason}')
-    print(f'note: {self.took_over}', file=sys.stderr, flush=True)
 
   def _owned(self) -> bool:
     found = _read(self.path)
