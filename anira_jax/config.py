@@ -82,6 +82,20 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
+def with_defaults(stored: dict, defaults: dict | None = None) -> dict:
+  """A stored config (dict) plus every field it lacks, at its default, so a config written before
+  a field existed still loads and compares. Task options and evaluation splits are taken whole."""
+  defaults = default_config().to_dict() if defaults is None else defaults
+  merged = dict(stored)
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value
+    elif (isinstance(value, dict) and isinstance(merged[key], dict)
+          and key not in ('options', 'splits')):
+      merged[key] = with_defaults(merged[key], value)
+  return merged
+
+
 def parse_sizes(spec: str | int | tuple, path: str = 'sizes') -> tuple[int, ...]:
   """'1-12,15' -> (1, ..., 12, 15). Also accepts an int or a tuple of ints."""
   if isinstance(spec, int):

@@ -8,8 +8,15 @@
 `load` needs no config from the caller: it reads the one stored with the checkpoint (falling
 back to the workdir's config.json), rebuilds task and model with `experiment.build`, and
 restores the parameters against `jax.eval_shape` of a fresh train state, placed on one device
-(CPU is enough). Every failure to find or read a checkpoint is a `CheckpointError` whose one-line
-message names the path and what was expected there. Nothing here imports the training loop.
+(CPU is enough), verified against the checksums saved with them. Every failure to find, read or
+verify a checkpoint is a `CheckpointError` whose one-line message names the path and what was
+expected there (for a checkpoint that fails, also the newest one that passes). Nothing here
+imports the training loop.
+
+Bad arguments raise ValueError with one line saying what is allowed: token ids outside the
+vocabulary, an empty batch, a depth, batch count or batch size below 1, sizes the task cannot
+generate, and batches whose largest arrays would exceed `MEMORY_BUDGET_BYTES` (a rough count of
+what one pass holds at once: attention scores, every iteration's readout and states).
 
 Traces run the inference loop (`path='loop'`), exactly as evaluation does, so a trace's executed
 depths are evaluation's depths for the same batch and rule; a `Trace` is the per-token record
@@ -36,10 +43,12 @@ from anira_jax import checkpoint, deciders, evaluation, experiment
 from anira_jax import train_state as state_lib
 from anira_jax.anira import Anira
 from anira_jax.checkpoint import CheckpointError
-from anira_jax.config import default_config, parse_sizes
+from anira_jax.config import parse_sizes, with_defaults
 from anira_jax.deciders import base as deciders_base
 from anira_jax.options import ConfigError
 from anira_jax.trace import Trace, concatenate
+
+MEMORY_BUDGET_BYTES = 4 * 2**30  # the most one traced or evaluated batch may need
 
 _EXPECTED = (f'expected a training workdir (holding {checkpoint.CHECKPOINT_DIR}/), its '
              f'{checkpoint.CHECKPOINT_DIR}/ directory or one {checkpoint.CHECKPOINT_DIR}/<step> '
@@ -73,6 +82,22 @@ def _trace_arrays(params, tokens_BxL, complexity_BxL, key, *, anira: Anira, max_
 def _jitted_trace(anira: Anira, max_depth: int, states: bool):
   return jax.jit(functools.partial(_trace_arrays, anira=anira, max_depth=max_depth,
                                    states=states))
+
+
+def _positive(name: str, value) -> int:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f'{name}={value!r} must be an integer >= 1')
+  return int(value)
+
+
+def _batch_bytes(model_cfg, rows: int, length: int, max_depth: int) -> int:
+  """A rough count of the largest arrays one pass over a [rows, length] batch holds at once:
+  attention scores, every iteration's readout (logits and probabilities) and states, and one
+  layer's activations, in float32."""
+  per_token = (model_cfg.num_heads * length
+               + max_depth * (2 * model_cfg.vocab_size + model_cfg.width)
+               + model_cfg.width * (4 + model_cfg.mlp_ratio))
+  return 4 * rows * length * per_token
 
 
 @dataclasses.dataclass
@@ -150,11 +175,17 @@ class Run:
     return self._sets
 
   def batches(self, split_or_sizes, num_batches: int | None = None,
-              batch_size: int | None = None) -> list[dict]:
+              batch_size: int | None = None, *, max_depth: int | None = None) -> list[dict]:
     """Host batches of a configured evaluation split (the exact examples of results.json when
-    the counts are the configured ones) or of any sizes ('1-8,12', an int or a tuple)."""
-    num_batches = num_batches or self.config.eval.num_batches
-    batch_size = batch_size or self.config.eval.batch_size
+    the counts are the configured ones) or of any sizes ('1-8,12', an int or a tuple);
+    `max_depth`, the depth they will run at, only sizes the memory check."""
+    num_batches = _positive('num_batches', self.config.eval.num_batches
+                            if num_batches is None else num_batches)
+    batch_size = _positive('batch_size', self.config.eval.batch_size
+                           if batch_size is None else batch_size)
+    sizes = self.sizes(split_or_sizes)
+    self._check_memory(batch_size, self.task.seq_len(max(sizes)), self._depth(max_depth),
+                       f'sizes up to {max(sizes)}')
     splits = self.experiment.splits
     if isinstance(split_or_sizes, str) and split_or_sizes in splits:
       name = split_or_sizes
@@ -162,9 +193,8 @@ class Run:
         return list(itertools.islice(self._eval_sets()[name][1](), num_batches))
     else:
       # A set of sizes is its own named stream: the same sizes give the same examples.
-      name = 'sizes:' + ','.join(map(str, self.sizes(split_or_sizes)))
-    stream = evaluation.split_stream(self.experiment, name, self.sizes(split_or_sizes),
-                                     batch_size)
+      name = 'sizes:' + ','.join(map(str, sizes))
+    stream = evaluation.split_stream(self.experiment, name, sizes, batch_size)
     return [stream.batch(i) for i in range(num_batches)]
 
   def sizes(self, split_or_sizes) -> tuple[int, ...]:
@@ -172,10 +202,45 @@ class Run:
     if isinstance(split_or_sizes, str) and split_or_sizes in splits:
       return splits[split_or_sizes]
     try:
-      return parse_sizes(split_or_sizes, 'sizes')
-    except ConfigError:
+      sizes = parse_sizes(split_or_sizes, 'sizes')
+    except (ConfigError, TypeError, ValueError):
       raise ValueError(f'{split_or_sizes!r} is neither an evaluation split ({", ".join(splits)}) '
                        'nor sizes like "1-8,12"') from None
+    lo, hi = self.task.valid_sizes()
+    outside = [s for s in sizes if not lo <= s <= hi]
+    if outside:
+      raise ValueError(f'sizes {outside[:5]} are outside what task {self.task.name!r} generates '
+                       f'({lo}..{hi})')
+    return sizes
+
+  def _depth(self, max_depth) -> int:
+    """`max_depth` checked (None: the trained D)."""
+    if max_depth is None:
+      return self.max_depth
+    max_depth = _positive('max_depth', max_depth)
+    if self.anira.model_cfg.kind == 'standard' and max_depth != self.max_depth:
+      raise ValueError(f'max_depth={max_depth}: a standard (unshared) model has exactly its '
+                       f'{self.max_depth} layers')
+    return max_depth
+
+  def _check_memory(self, rows: int, length: int, max_depth: int, what: str) -> None:
+    need = _batch_bytes(self.anira.model_cfg, rows, length, max_depth)
+    if need > MEMORY_BUDGET_BYTES:
+      raise ValueError(
+          f'{what} make sequences of {length} tokens: a batch of {rows} needs about '
+          f'{need / 2**30:,.1f} GiB, over inspect.MEMORY_BUDGET_BYTES '
+          f'({MEMORY_BUDGET_BYTES / 2**30:g} GiB); use smaller sizes or a smaller batch_size')
+
+  def _check_tokens(self, tokens_BxL: np.ndarray) -> None:
+    if tokens_BxL.ndim != 2 or tokens_BxL.size == 0:
+      raise ValueError(f'empty or misshapen batch: tokens have shape {tokens_BxL.shape}; '
+                       'expected [B, L] with B, L >= 1')
+    vocab = self.anira.model_cfg.vocab_size
+    bad = np.argwhere((tokens_BxL < 0) | (tokens_BxL >= vocab))
+    if len(bad):
+      where = tuple(int(i) for i in bad[0])
+      raise ValueError(f'token id {int(tokens_BxL[where])} at {list(where)} is outside the '
+                       f'{self.task.name} vocabulary (ids 0..{vocab - 1})')
 
   # --- inspection --------------------------------------------------------------------------
   def trace(self, batch_or_tokens, rule: str | None = None, threshold: float | None = None,
@@ -191,14 +256,20 @@ class Run:
       batch_index: which evaluation batch's key rule='sample' draws with (as `evaluate` does).
     """
     anira = self.model(rule, threshold)
-    max_depth = max_depth or self.max_depth
+    max_depth = self._depth(max_depth)
     if isinstance(batch_or_tokens, dict):
       batch = batch_or_tokens
     else:
       tokens = (self.encode(batch_or_tokens) if isinstance(batch_or_tokens, str)
-                else np.asarray(batch_or_tokens, np.int32))
+                else np.asarray(batch_or_tokens))
       batch = {'tokens': np.atleast_2d(tokens)}
-    tokens_BxL = np.asarray(batch['tokens'], np.int32)
+    tokens_BxL = np.asarray(batch['tokens'])
+    if tokens_BxL.dtype.kind not in 'iu' and not (
+        tokens_BxL.dtype.kind in 'fb' and np.array_equal(tokens_BxL, np.round(tokens_BxL))):
+      raise ValueError(f'token ids must be integers, not {tokens_BxL.dtype}')
+    self._check_tokens(tokens_BxL)
+    tokens_BxL = tokens_BxL.astype(np.int32)
+    self._check_memory(*tokens_BxL.shape, max_depth, 'these tokens')
     if anira.decider.reads_complexity and 'complexity' not in batch:
       raise ValueError(f'the {anira.decider.name} decider reads the complexity annotation: '
                        'trace a batch, not bare tokens')
@@ -221,7 +292,7 @@ class Run:
     """`trace` over every batch of a split (or sizes), concatenated."""
     return concatenate([self.trace(b, rule, threshold, max_depth, states, batch_index=i)
                         for i, b in enumerate(self.batches(split_or_sizes, num_batches,
-                                                           batch_size))])
+                                                           batch_size, max_depth=max_depth))])
 
   def generate_split(self, split_or_sizes, rule: str | None = None,
                      threshold: float | None = None, max_depth: int | None = None,
@@ -241,7 +312,8 @@ class Run:
                max_depth: int | None = None, num_batches: int | None = None,
                batch_size: int | None = None) -> dict:
     """One split's entry of results.json (`sizes` + `evaluation.evaluate_batches`)."""
-    batches = self.batches(split_or_sizes, num_batches, batch_size)
+    max_depth = None if max_depth is None else self._depth(max_depth)
+    batches = self.batches(split_or_sizes, num_batches, batch_size, max_depth=max_depth)
     return {'sizes': list(self.sizes(split_or_sizes)),
             **evaluation.evaluate_batches(self.model(rule, threshold), self.params, batches,
                                           max_depth, task=self.task)}
@@ -249,6 +321,7 @@ class Run:
   def results(self, rule: str | None = None, threshold: float | None = None,
               max_depth: int | None = None) -> dict:
     """The whole results.json content over the configured evaluation splits."""
+    max_depth = None if max_depth is None else self._depth(max_depth)
     return evaluation.evaluate(self.experiment, self.params, self._eval_sets(), self.step,
                                max_depth, anira=self.model(rule, threshold))
 
@@ -270,19 +343,6 @@ def _locate(path) -> tuple[pathlib.Path, int | None]:
                         f'directory); {_EXPECTED}')
 
 
-def _with_defaults(stored: dict, defaults: dict) -> dict:
-  """`stored` plus any field it lacks from the shared defaults, so a checkpoint written before
-  a config field existed still loads. Task options and evaluation splits are taken whole."""
-  merged = dict(stored)
-  for key, value in defaults.items():
-    if key not in merged:
-      merged[key] = value
-    elif (isinstance(value, dict) and isinstance(merged[key], dict)
-          and key not in ('options', 'splits')):
-      merged[key] = _with_defaults(merged[key], value)
-  return merged
-
-
 def _config(mngr, step: int, workdir: pathlib.Path) -> ml_collections.ConfigDict:
   try:
     stored = checkpoint.restore_config(mngr, step)
@@ -294,7 +354,7 @@ def _config(mngr, step: int, workdir: pathlib.Path) -> ml_collections.ConfigDict
       stored = json.loads(fallback.read_text())
     except ValueError as e2:
       raise CheckpointError(f'{e}; and {fallback} is not valid JSON') from e2
-  return ml_collections.ConfigDict(_with_defaults(stored, default_config().to_dict()))
+  return ml_collections.ConfigDict(with_defaults(stored))
 
 
 def load(path: str | pathlib.Path, step: int | None = None,
@@ -334,6 +394,13 @@ def load(path: str | pathlib.Path, step: int | None = None,
   abstract = jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
       jax.eval_shape(lambda: state_lib.create(anira, tx, jax.random.key(0))))
-  state = checkpoint.restore_state(mngr, step, abstract)
-  mngr.close()
+  try:
+    state = checkpoint.restore_state(mngr, step, abstract)
+  except CheckpointError as e:
+    good = checkpoint.newest_good_step(mngr, abstract, below=step)
+    advice = (f'the newest checkpoint that passes is step {good}: load it with step={good}'
+              if good is not None else 'no older checkpoint there passes either')
+    raise CheckpointError(f'{e}; {advice}') from e
+  finally:
+    mngr.close()
   return Run(experiment=exp, params=state.params, step=step, workdir=workdir)

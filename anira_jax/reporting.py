@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
@@ -17,11 +18,18 @@ import tensorboardX  # noqa: E402
 
 
 class MetricWriter:
-  """Scalars to `metrics.jsonl` (one JSON object per line) and to TensorBoard in the workdir."""
+  """Scalars to `metrics.jsonl` (one JSON object per line) and to TensorBoard in the workdir.
 
-  def __init__(self, workdir: str | pathlib.Path):
+  A run that starts at `start_step` (a resumed checkpoint's step, 0 for a fresh start) first
+  drops what an interrupted run wrote after that step, from metrics.jsonl and TensorBoard, so
+  every step appears once.
+  """
+
+  def __init__(self, workdir: str | pathlib.Path, start_step: int = 0):
     self.path = pathlib.Path(workdir) / 'metrics.jsonl'
-    self._tb = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
+    _keep_rows_up_to(self.path, start_step)
+    self._tb = tensorboardX.SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'),
+                                          purge_step=start_step + 1)
 
   def write(self, step: int, scalars: dict[str, float], prefix: str = 'train') -> None:
     scalars = {f'{prefix}/{k}': float(v) for k, v in scalars.items()}
@@ -33,6 +41,25 @@ class MetricWriter:
 
   def close(self) -> None:
     self._tb.close()
+
+
+def _keep_rows_up_to(path: pathlib.Path, step: int) -> None:
+  """Rewrites the JSON-lines file at `path` without its rows after `step` (and without a line cut
+  short by a kill). Only a regular file is rewritten."""
+  if not path.is_file():
+    return
+  rows = path.read_text().splitlines()
+  kept = []
+  for row in rows:
+    try:
+      if json.loads(row)['step'] <= step:
+        kept.append(row)
+    except (ValueError, KeyError, TypeError):
+      continue
+  if len(kept) < len(rows):
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(''.join(r + '\n' for r in kept))
+    os.replace(tmp, path)
 
 
 def fmt(value, digits: int = 3) -> str:

@@ -232,7 +232,33 @@ def test_corrupt_checkpoint_gives_one_line_error(trained, tmp_path):
       f.write_bytes(b'not a checkpoint')
   with pytest.raises(checkpoint.CheckpointError) as e:
     inspect.load(workdir)
-  _one_line(e, workdir / 'checkpoints', 'cannot restore checkpoint step 2', 'corrupt')
+  _one_line(e, f'checkpoint step 2 in {workdir}/checkpoints cannot be restored',
+            'no older checkpoint there passes either')
+
+
+def test_bad_arguments_are_refused_with_one_line(trained):
+  run = inspect.load(trained('online'))
+  vocab = run.anira.model_cfg.vocab_size
+  cases = [
+      (lambda: run.trace([[1, 2, 999]]), f'token id 999 at [0, 2] is outside the parity '
+                                          f'vocabulary (ids 0..{vocab - 1})'),
+      (lambda: run.trace([1, -1]), 'token id -1 at [0, 1] is outside'),
+      (lambda: run.trace(np.zeros((0, 4), np.int32)), 'empty or misshapen batch'),
+      (lambda: run.trace([[]]), 'empty or misshapen batch'),
+      (lambda: run.trace([[1.5, 2.0]]), 'token ids must be integers'),
+      (lambda: run.trace([[1, 2]], max_depth=0), 'max_depth=0 must be an integer >= 1'),
+      (lambda: run.evaluate('17-18', max_depth=-3), 'max_depth=-3 must be an integer >= 1'),
+      (lambda: run.evaluate('1-4', num_batches=0), 'num_batches=0 must be an integer >= 1'),
+      (lambda: run.batches('1-4', batch_size=-2), 'batch_size=-2 must be an integer >= 1'),
+      (lambda: run.evaluate('0-3'), "sizes [0] are outside what task 'parity' generates"),
+      (lambda: run.evaluate('99999-100000'), 'sizes up to 100000 make sequences of 100000 '
+                                             'tokens: a batch of 16 needs about'),
+      (lambda: run.trace(np.ones((4, 200_000), np.int32)), 'over inspect.MEMORY_BUDGET_BYTES'),
+  ]
+  for call, fragment in cases:
+    with pytest.raises(ValueError) as e:
+      call()
+    _one_line(e, fragment)
 
 
 def test_analyze_command_line_reports_a_bad_workdir(tmp_path):

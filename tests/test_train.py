@@ -1,8 +1,11 @@
-"""End to end: training learns, writes results, resumes after a kill, and fails clearly."""
+"""End to end: training learns, writes results, resumes after a kill or a crash (every step
+logged once, a corrupt checkpoint replaced by the previous one, a changed config refused unless
+allowed), and stops within a few steps of a non-finite loss."""
 
 import functools
 import json
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,10 +18,12 @@ import numpy as np
 import pytest
 
 import tasks
-from anira_jax import checkpoint, evaluation, experiment, recurrence
+from anira_jax import checkpoint, evaluation, experiment, inspect, recurrence
 from anira_jax import train_state as state_lib
+from anira_jax import workdir as workdir_lib
 from anira_jax.model import cpu_attention, layers
-from anira_jax.training import loop
+from anira_jax.options import ConfigError
+from anira_jax.training import loop, preemption
 from anira_jax.training import step as step_lib
 from experiments import parity
 
@@ -44,8 +49,10 @@ def small_config(**train):
 
 
 def _losses(workdir) -> dict[int, float]:
-  lines = (pathlib.Path(workdir) / 'metrics.jsonl').read_text().splitlines()
-  return {r['step']: r['train/loss'] for r in map(json.loads, lines) if 'train/loss' in r}
+  rows = [json.loads(line) for line in (pathlib.Path(workdir) / 'metrics.jsonl').open()]
+  steps = [r['step'] for r in rows if 'train/loss' in r]
+  assert len(steps) == len(set(steps)), f'steps logged twice: {steps}'
+  return {r['step']: r['train/loss'] for r in rows if 'train/loss' in r}
 
 
 @pytest.mark.slow
@@ -83,14 +90,17 @@ def test_killed_run_resumes_from_last_checkpoint_with_the_same_losses(tmp_path):
   deadline = time.time() + 240
   while not ckpt.exists() and time.time() < deadline and killed.poll() is None:
     time.sleep(0.2)
+  owner = json.loads((tmp_path / 'killed' / workdir_lib.LOCK_FILE).read_text())
   killed.send_signal(signal.SIGKILL)
   killed.wait()
   assert ckpt.exists(), 'the run never wrote checkpoint 20'
+  assert owner['pid'] == killed.pid  # its lock, left behind by the SIGKILL
 
   # Resume with fewer total steps would change the schedule; same command, same total.
   resumed = subprocess.run(_launch(tmp_path / 'killed', *args), cwd=REPO, capture_output=True,
                            text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert f'note: took over the stale lock of pid {killed.pid}' in resumed.stderr
   step = int(resumed.stdout.split('Resuming from checkpoint step ')[1].split()[0])
   assert step >= 20
 
@@ -125,18 +135,121 @@ def test_evaluation_from_tfds_sets_at_a_raised_depth(tmp_path):
     assert max(split['depth_histogram']) <= 8
 
 
-def test_corrupt_checkpoint_gives_one_line_naming_the_path(tmp_path):
-  config = small_config(steps=4, checkpoint_every=2, log_every=2, warmup_steps=1)
-  loop.train_and_evaluate(config, tmp_path)
-  for f in (tmp_path / 'checkpoints' / '4' / 'state').rglob('*'):
-    if f.is_file():
-      f.write_bytes(b'not a checkpoint')
-  with pytest.raises(checkpoint.CheckpointError, match=r'cannot restore checkpoint step 4 from '
-                     rf'{tmp_path}/checkpoints.*delete that step directory'):
-    loop.train_and_evaluate(config, tmp_path)
+def _interrupted_config():
+  return small_config(steps=12, checkpoint_every=4, log_every=2, warmup_steps=2)
 
 
-def test_non_finite_step_is_skipped_and_stops_the_run_keeping_params():
+@pytest.fixture(scope='module')
+def interrupted(tmp_path_factory):
+  """A 12-step run (checkpoints at 4 and 8, metrics every 2 steps) that crashed at step 11."""
+  workdir = tmp_path_factory.mktemp('interrupted')
+
+  def crash(self, step):
+    if step == 11:
+      raise RuntimeError('crash at step 11')
+    return False
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(preemption.PreemptionWatch, 'should_stop', crash)
+    with pytest.raises(RuntimeError, match='crash at step 11') as e:
+      loop.train_and_evaluate(_interrupted_config(), workdir)
+  assert e.value.__notes__ == [f'checkpoint step 8 is kept in {workdir}/checkpoints; rerun the '
+                               'same command to resume from it']
+  assert not (workdir / workdir_lib.LOCK_FILE).exists()
+  return workdir
+
+
+def _steps(workdir) -> list[int]:
+  return [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()]
+
+
+def _one_line(excinfo, *fragments):
+  message = str(excinfo.value)
+  assert '\n' not in message, message
+  for fragment in fragments:
+    assert str(fragment) in message, message
+
+
+def test_resume_after_a_crash_logs_every_step_once(interrupted, tmp_path, capsys):
+  run = shutil.copytree(interrupted, tmp_path / 'run')
+  assert _steps(run) == [2, 4, 6, 8, 10]
+  loop.train_and_evaluate(_interrupted_config(), run)
+  assert 'Resuming from checkpoint step 8' in capsys.readouterr().out
+  assert _steps(run) == [2, 4, 6, 8, 10, 12]  # step 10, logged after checkpoint 8, once
+
+
+@pytest.mark.parametrize('field,value,named', [
+    ('train.learning_rate', 1e6, 'train.learning_rate=1000000.0 (was 0.003)'),
+    ('model.width', 48, 'model.width=48 (was 32)')])
+def test_resume_refuses_a_changed_config_before_writing_anything(interrupted, tmp_path, field,
+                                                                 value, named):
+  run = shutil.copytree(interrupted, tmp_path / 'run')
+  before = {p: p.read_bytes() for p in run.rglob('*') if p.is_file()}
+  config = _interrupted_config()
+  section, name = field.split('.')
+  config[section][name] = value
+  config.train.steps = 20  # may change on resume: not named
+  with pytest.raises(ConfigError) as e:
+    loop.train_and_evaluate(config, run)
+  _one_line(e, named, f'the run in {run}', 'checkpoint step 8', '--allow_config_change')
+  assert 'train.steps' not in str(e.value)
+  assert {p: p.read_bytes() for p in run.rglob('*') if p.is_file()} == before
+
+
+def test_resume_with_allow_config_change_records_the_change(interrupted, tmp_path, capsys):
+  run = shutil.copytree(interrupted, tmp_path / 'run')
+  config = _interrupted_config()
+  config.train.learning_rate = 1e-3
+  loop.train_and_evaluate(config, run, allow_config_change=True)
+  assert 'Config changed on resume: train.learning_rate=0.001 (was 0.003)' in (
+      capsys.readouterr().out)
+  recorded = [json.loads(line) for line in (run / workdir_lib.CHANGES_FILE).open()]
+  assert [(r['resumed_step'], r['changes']) for r in recorded] == [
+      (8, {'train.learning_rate': {'was': 0.003, 'now': 0.001}})]
+  assert json.loads((run / 'config.json').read_text())['train']['learning_rate'] == 1e-3
+
+
+def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_restored(interrupted, tmp_path,
+                                                                        capsys):
+  run = shutil.copytree(interrupted, tmp_path / 'run')
+  interrupted_losses = _losses(run)
+  # 64 bytes inside the largest data file of step 8: the arrays still decode, with other values.
+  data = max((p for p in (run / 'checkpoints' / '8' / 'state').rglob('*') if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  content = bytearray(data.read_bytes())
+  middle = len(content) // 2
+  content[middle:middle + 64] = bytes(b ^ 0xFF for b in content[middle:middle + 64])
+  data.write_bytes(bytes(content))
+
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    inspect.load(run)
+  _one_line(e, f'checkpoint step 8 in {run}/checkpoints is corrupt', 'differ from the checksums',
+            'the newest checkpoint that passes is step 4')
+
+  loop.train_and_evaluate(_interrupted_config(), run)
+  out = capsys.readouterr()
+  assert 'Resuming from checkpoint step 4' in out.out
+  assert f'checkpoint step 8 in {run}/checkpoints is corrupt' in out.err
+  assert (run / checkpoint.REJECTED_DIR / '8').is_dir() and (run / 'checkpoints' / '12').is_dir()
+  assert _steps(run) == [2, 4, 6, 8, 10, 12]
+  resumed = _losses(run)
+  assert [resumed[s] for s in (6, 8, 10)] == [interrupted_losses[s] for s in (6, 8, 10)]
+
+
+def test_unreadable_checkpoints_give_one_line_naming_each_step(interrupted, tmp_path):
+  run = shutil.copytree(interrupted, tmp_path / 'run')
+  for step in (4, 8):
+    for f in (run / 'checkpoints' / str(step) / 'state').rglob('*'):
+      if f.is_file():
+        f.write_bytes(b'not a checkpoint')
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    loop.train_and_evaluate(_interrupted_config(), run)
+  _one_line(e, f'no checkpoint in {run}/checkpoints can be restored',
+            'checkpoint step 8 in', 'checkpoint step 4 in', 'cannot be restored')
+  assert not (run / checkpoint.REJECTED_DIR).exists()  # nothing set aside when none passes
+
+
+def test_a_non_finite_step_is_skipped_keeping_params():
   config = small_config(steps=10, warmup_steps=2)
   exp = experiment.build(config)
   task, anira = exp.task, exp.anira
@@ -146,10 +259,28 @@ def test_non_finite_step_is_skipped_and_stops_the_run_keeping_params():
       tasks.Stream(task, (1, 2, 3), 8, seed=0).batch(0))
   poisoned = state.replace(params=jax.tree.map(lambda x: x * jnp.nan, state.params))
   new, metrics = step_lib.train_step(poisoned, batch, anira=anira, tx=tx, key=jax.random.key(1))
-  assert int(new.skipped_steps) == 1 and not np.isfinite(metrics['loss'])
+  assert int(new.skipped_steps) == int(metrics['skipped_steps']) == 1
+  assert not np.isfinite(metrics['loss'])
   chex.assert_trees_all_equal(new.params, poisoned.params)
-  with pytest.raises(loop.NonFiniteLossError, match='last good checkpoint \\(step 5\\) is kept'):
-    loop._check_finite(new, 5, '/tmp/run')
+
+
+def test_a_non_finite_loss_stops_the_run_within_a_few_steps(tmp_path, monkeypatch):
+  """Parameters turn NaN from step 7 on; checkpoints (every 100 steps) and metrics (every 100)
+  are far away, yet the run stops a few steps later."""
+  real_step = step_lib.train_step
+
+  def poisoned(state, batch, **kwargs):
+    scale = jnp.where(state.step >= 6, jnp.nan, 1.0)
+    return real_step(state.replace(params=jax.tree.map(lambda p: p * scale, state.params)),
+                     batch, **kwargs)
+
+  monkeypatch.setattr(step_lib, 'train_step', poisoned)
+  config = small_config(steps=200, checkpoint_every=100, log_every=100, warmup_steps=2)
+  with pytest.raises(loop.NonFiniteLossError) as e:
+    loop.train_and_evaluate(config, tmp_path)
+  assert e.value.step == 7 and e.value.stopped_at <= 7 + loop.NON_FINITE_LAG
+  _one_line(e, 'non-finite loss or gradient at step 7', 'no checkpoint was written')
+  assert not list((tmp_path / 'checkpoints').iterdir())
 
 
 def test_train_step_compiles_once_whatever_the_depths():

@@ -1,16 +1,25 @@
 """`train_and_evaluate(config, workdir)`: the whole run behind `launch.py`.
 
-Resume order: the newest complete checkpoint in `workdir/checkpoints` if there is one, else a
-fresh start: from `config.pretrained`'s checkpoint when it names one, else from `config.seed`. Data and randomness depend only on (seed, step), so a resumed run
-continues exactly where the interrupted one would have been.
+Start-up, in an order that writes nothing before every check has passed: the config and the mesh
+(`experiment.build`, `sharding.make_mesh`); the workdir's lock (`workdir.owned`: one run at a
+time); the config against the one the workdir's run was started with (`workdir.check_resume`);
+the newest checkpoint that restores and passes its checksums, else a fresh start: from
+`config.pretrained`'s checkpoint when it names one, else from `config.seed`. Only then are
+config.json written and metrics.jsonl cut back to the resumed step.
+
+Resume order: the newest verified checkpoint in `workdir/checkpoints`; newer ones that fail
+verification are moved to `workdir/rejected_checkpoints`. Data and randomness depend only on
+(seed, step), so a resumed run continues exactly where the interrupted one would have been.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import functools
 import json
 import pathlib
+import sys
 import time
 
 import jax
@@ -18,18 +27,58 @@ import ml_collections
 import numpy as np
 import tqdm
 from absl import logging
+from jax.experimental import multihost_utils
 
 import tasks
 from anira_jax import checkpoint, evaluation, experiment, gsm_symbolic, pretrained, reporting
 from anira_jax import sharding
 from anira_jax import train_state as state_lib
+from anira_jax import workdir as workdir_lib
 from anira_jax.anira import Anira, num_params
 from anira_jax.training import preemption
 from anira_jax.training import step as step_lib
 
+# Steps the loop reads the non-finite counter behind the newest dispatched step: by then the
+# device has computed it, so checking every step never waits on the step just dispatched.
+NON_FINITE_LAG = 2
+
 
 class NonFiniteLossError(RuntimeError):
-  """Training produced a non-finite loss or gradient."""
+  """Training produced a non-finite loss or gradient (first at `step`; the loop stopped at
+  `stopped_at`). Nothing from that step on was applied or saved."""
+
+  def __init__(self, step: int, stopped_at: int, last_saved: int | None, workdir):
+    where = (f'the last good checkpoint (step {last_saved}) is kept in {workdir}/checkpoints'
+             if last_saved is not None else 'no checkpoint was written')
+    super().__init__(
+        f'training produced a non-finite loss or gradient at step {step} (not applied; stopped '
+        f'at step {stopped_at}); {where}. Lower train.learning_rate or raise '
+        'train.warmup_steps, then rerun (the run resumes from that checkpoint).')
+    self.step, self.stopped_at = step, stopped_at
+
+
+class _NonFiniteWatch:
+  """Checks every step's count of skipped (non-finite) steps, `lag` steps after dispatching it."""
+
+  def __init__(self, skipped_at_start: int, lag: int = NON_FINITE_LAG):
+    self.baseline, self.lag = skipped_at_start, lag
+    self._pending = collections.deque()
+
+  def push(self, step: int, skipped: jax.Array) -> int | None:
+    """Queues step's counter; returns the first non-finite step among those now read."""
+    skipped.copy_to_host_async()
+    self._pending.append((step, skipped))
+    return self._read(keep=self.lag)
+
+  def drain(self) -> int | None:
+    return self._read(keep=0)
+
+  def _read(self, keep: int) -> int | None:
+    while len(self._pending) > keep:
+      step, skipped = self._pending.popleft()
+      if int(skipped) > self.baseline:
+        return step
+    return None
 
 
 def _prefetch(stream: tasks.Stream, start: int, stop: int, depth: int = 4):
@@ -41,17 +90,6 @@ def _prefetch(stream: tasks.Stream, start: int, stop: int, depth: int = 4):
       if step + depth < stop:
         pending.append(pool.submit(stream.batch, step + depth))
       yield batch
-
-
-def _check_finite(state, last_saved: int | None, workdir) -> None:
-  skipped = int(state.skipped_steps)
-  if skipped:
-    where = (f'the last good checkpoint (step {last_saved}) is kept in {workdir}/checkpoints'
-             if last_saved is not None else 'no checkpoint was written')
-    raise NonFiniteLossError(
-        f'training produced a non-finite loss or gradient in {skipped} step(s) before step '
-        f'{int(state.step)}; {where}. Lower train.learning_rate or raise train.warmup_steps, '
-        'then rerun (the run resumes from that checkpoint).')
 
 
 def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int = 1):
@@ -72,56 +110,103 @@ def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int 
           train_step)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+def _config_changes(config: ml_collections.ConfigDict, workdir: pathlib.Path, mngr,
+                    allow: bool) -> dict[str, tuple]:
+  """What differs from the config of the workdir's run (none without a checkpoint to resume);
+  ConfigError if a field outside `workdir.RESUMABLE` changed and `allow` is False."""
+  step = mngr.latest_step()
+  if step is None:
+    return {}
+  stored = workdir_lib.stored_config(workdir)
+  if stored is None:  # config.json lost: the checkpoint's own copy
+    stored = checkpoint.restore_config(mngr, step)
+  changes = workdir_lib.config_changes(stored, config)
+  workdir_lib.check_resume(changes, step, workdir, allow)
+  return changes
+
+
+def _restore(mngr, abstract_state, state_sharding):
+  """(step, state) of the newest verified checkpoint, (None, None) without one; newer ones that
+  fail verification are reported and moved out of the way."""
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        abstract_state, state_sharding)
+  step, state, rejected = checkpoint.restore_newest(mngr, target)
+  if rejected:
+    if jax.process_index() == 0:
+      moved = checkpoint.set_aside(mngr, [s for s, _ in rejected])
+      for (_, error), where in zip(rejected, moved):
+        print(f'warning: {error}; moved to {where}', file=sys.stderr, flush=True)
+    multihost_utils.sync_global_devices('anira_jax rejected checkpoints set aside')
+    mngr.reload()
+  return step, state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                       allow_config_change: bool = False) -> dict:
   """Trains (or resumes) the configured model, then writes results.json and figures.
 
-  Raises `preemption.Preempted` after saving a checkpoint when the process receives SIGTERM.
+  Raises `workdir.WorkdirError` if another run owns the workdir, `ConfigError` if the config
+  differs from the workdir's run outside `workdir.RESUMABLE` (unless `allow_config_change`),
+  `preemption.Preempted` after saving a checkpoint when the process receives SIGTERM, and
+  `NonFiniteLossError` within a few steps of a non-finite loss.
   """
   exp = experiment.build(config)
-  anira = exp.anira
-  lead = jax.process_index() == 0
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  if lead:
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
   mesh = sharding.make_mesh(config)
-  sets = evaluation.eval_sets(exp, workdir)
+  workdir = pathlib.Path(workdir)
+  with workdir_lib.owned(workdir):
+    return _train_and_evaluate(exp, mesh, workdir, allow_config_change)
+
+
+def _train_and_evaluate(exp: experiment.Experiment, mesh, workdir: pathlib.Path,
+                        allow_config_change: bool) -> dict:
+  config, anira = exp.config, exp.anira
+  lead = jax.process_index() == 0
+  mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+  changes = workdir_lib.on_lead(functools.partial(_config_changes, config, workdir, mngr,
+                                                  allow_config_change))
   tx = state_lib.make_optimizer(config.train)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
-
   create, abstract_state, state_sharding, train_step = compile_training(
       anira, tx, mesh, train_key, config.train.grad_accumulation_steps)
-  mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
-  last_saved = mngr.latest_step()
-  if last_saved is None:  # a fresh start: from config.pretrained's checkpoint, or random
+  last_saved, state = _restore(mngr, abstract_state, state_sharding)
+  if state is None:  # a fresh start: from config.pretrained's checkpoint, or random
     state = (pretrained.train_state(anira, tx, exp.pretrained, init_key, state_sharding)
              if exp.pretrained.path else create(init_key))
-  else:
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract_state, state_sharding)
-    state = checkpoint.restore_state(mngr, last_saved, target)
   total_params, decider_params = num_params(state.params), num_params(state.params['decider'])
   if lead:
+    workdir_lib.write_config(workdir, config)
     print(f'{config.task.name} · decider {config.decider.name} · {total_params:,} parameters '
           f'(decider {100 * decider_params / total_params:.1f}%) · mesh {dict(mesh.shape)} · '
           f'{jax.process_count()} process(es) · workdir {workdir}', flush=True)
     if last_saved is not None:
       print(f'Resuming from checkpoint step {last_saved} ({mngr.directory})', flush=True)
+    if changes:
+      workdir_lib.record_changes(workdir, changes, last_saved)
+      print(f'Config changed on resume: {workdir_lib.describe_changes(changes)} (recorded in '
+            f'{workdir / workdir_lib.CHANGES_FILE})', flush=True)
+  sets = evaluation.eval_sets(exp, workdir)
 
   stream = tasks.Stream(exp.task, exp.train_sizes, config.train.batch_size // jax.process_count(),
                         seed=config.seed, host_index=jax.process_index(),
                         host_count=jax.process_count(), annotate=False)
-  writer = reporting.MetricWriter(workdir) if lead else None
+  writer = reporting.MetricWriter(workdir, start_step=last_saved or 0) if lead else None
   config_json = config.to_json_best_effort()
   start, total = int(state.step), config.train.steps
   bar = tqdm.tqdm(total=total, initial=start, desc='train', unit='step', dynamic_ncols=True,
                   disable=not lead)
   watch = preemption.PreemptionWatch(config.train.preemption_check_every)
+  finite = _NonFiniteWatch(int(state.skipped_steps))
   tokens_since, time_since = 0.0, time.perf_counter()
+
+  def stop_if_non_finite(bad_step: int | None, step: int) -> None:
+    if bad_step is not None:
+      raise NonFiniteLossError(bad_step, step, last_saved, workdir)
+
   try:
     for step, batch in enumerate(_prefetch(stream, start, total), start=start + 1):
       state, metrics = train_step(state, sharding.global_batch(evaluation.device_batch(batch),
                                                                mesh))
+      stop_if_non_finite(finite.push(step, metrics['skipped_steps']), step)
       tokens_since += float(np.sum(batch['tokens'] != 0)) * jax.process_count()
       if writer and (step % config.train.log_every == 0 or step == total):
         metrics = jax.device_get(metrics)
@@ -141,12 +226,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                          prefix=f'eval/{name}')
       preempted = watch.should_stop(step)
       if step % config.train.checkpoint_every == 0 or step == total or preempted:
-        _check_finite(state, last_saved, workdir)
+        stop_if_non_finite(finite.drain(), step)  # a saved state is always a finite one
         checkpoint.save(mngr, step, state, config_json)
         last_saved = step
       if preempted:
         raise preemption.Preempted(f'SIGTERM: saved checkpoint step {step} in '
                                    f'{mngr.directory}; run the same command again to resume')
+  except (preemption.Preempted, NonFiniteLossError):
+    raise
+  except Exception as e:  # a full disk, a failed write: say what is kept
+    kept = (f'checkpoint step {last_saved} is kept in {mngr.directory}; rerun the same command '
+            'to resume from it' if last_saved is not None else 'no checkpoint was written')
+    e.add_note(kept)
+    raise
   finally:
     watch.close()
     bar.close()
@@ -154,7 +246,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if writer:
       writer.close()
 
-  _check_finite(state, last_saved, workdir)
   results = evaluation.evaluate(exp, state.params, sets, int(state.step),
                                 config.eval.max_depth or None, mesh=mesh)
   if exp.gsm_symbolic.path:

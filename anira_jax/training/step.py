@@ -55,8 +55,9 @@ def gradients(params: dict, batch: dict, key: jax.Array, *, anira: Anira,
 
 def train_step(state: TrainState, batch: dict, *, anira: Anira, tx: optax.GradientTransformation,
                key: jax.Array, accumulation_steps: int = 1) -> tuple[TrainState, dict]:
-  """One optimizer update. A non-finite loss or gradient leaves params untouched and is counted
-  in `skipped_steps`, which the loop checks before it saves anything."""
+  """One optimizer update. A non-finite loss or gradient leaves params and optimizer state
+  untouched and is counted in `skipped_steps`, which is also returned with the metrics: the loop
+  reads it a few steps later, without waiting for the step, and stops."""
   step_key = jax.random.fold_in(key, state.step)
   grads, metrics = gradients(state.params, batch, step_key, anira=anira,
                              accumulation_steps=accumulation_steps)
@@ -68,4 +69,4 @@ def train_step(state: TrainState, batch: dict, *, anira: Anira, tx: optax.Gradie
   new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                          opt_state=keep(opt_state, state.opt_state),
                          skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
-  return new_state, {**metrics, 'grad_norm': grad_norm}
+  return new_state, {**metrics, 'grad_norm': grad_norm, 'skipped_steps': new_state.skipped_steps}
