@@ -18,6 +18,7 @@ import tasks
 from anira_jax import deciders, options
 from anira_jax.anira import Anira
 from anira_jax.config import EVAL_SOURCES, parse_sizes
+from anira_jax.ingredients import Ingredients
 from anira_jax.model.config import ModelConfig
 from anira_jax.options import ConfigError
 
@@ -31,6 +32,7 @@ class Experiment:
   anira: Anira
   train_sizes: tuple[int, ...]  # the sizes training draws from
   splits: dict[str, tuple[int, ...]]  # evaluation split name -> sizes
+  ingredients: Ingredients = Ingredients()  # what the training step adds (config.train)
 
 
 def _sizes(config: ml_collections.ConfigDict, field: str) -> tuple[int, ...]:
@@ -158,7 +160,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     raise ConfigError(f'config.model.kind="standard" (unshared layers) runs every layer: it '
                       f'needs decider.name="fixed", not {config.decider.name!r}')
   _check_train(config.train)
+  ingredients = Ingredients.from_train(config.train)
   _check_mesh_and_eval(config, model)
   return Experiment(config=config, task=task,
                     anira=Anira(model, config.decider.name, decider_opts),
-                    train_sizes=sizes, splits=splits)
+                    train_sizes=sizes, splits=splits, ingredients=ingredients)

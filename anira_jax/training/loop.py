@@ -53,7 +53,8 @@ def _check_finite(state, last_saved: int | None, workdir) -> None:
         'then rerun (the run resumes from that checkpoint).')
 
 
-def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int = 1):
+def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int = 1,
+                     ingredients=None):
   """(create, abstract_state, state_sharding, train_step) for a mesh.
 
   The state is born sharded — shapes first (`eval_shape`), then shardings, then a jitted
@@ -64,7 +65,8 @@ def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int 
   state_sharding = sharding.state_shardings(mesh, abstract_state)
   train_step = jax.jit(
       functools.partial(step_lib.train_step, anira=anira, tx=tx, key=train_key,
-                        accumulation_steps=accumulation_steps),
+                        accumulation_steps=accumulation_steps,
+                        **({} if ingredients is None else {'ingredients': ingredients})),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   return (jax.jit(create, out_shardings=state_sharding), abstract_state, state_sharding,
@@ -89,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
 
   create, abstract_state, state_sharding, train_step = compile_training(
-      anira, tx, mesh, train_key, config.train.grad_accumulation_steps)
+      anira, tx, mesh, train_key, config.train.grad_accumulation_steps, exp.ingredients)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   last_saved = mngr.latest_step()
   if last_saved is None:
