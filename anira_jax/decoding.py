@@ -20,6 +20,13 @@ unchanged) up to T to fill its cache levels: exact, but with no saving from halt
 
 With a batch, rows advance in lock step: position i of every row at once, each row running its
 own depth (rows that halted are carried along without changing state).
+
+Deciders that read the readout after every iteration (`reads_readout`, the zero-shot exits) see,
+at iteration t of the new token, the coda reading every earlier token at level min(t, d_j), as
+the masked loop's readout of its current states does: the cache then also keeps the coda's
+keys/values per level (`readout_k`, `readout_v`), filled above a token's depth from its frozen
+state (recomputed per level with more than one coda layer, whose deeper keys depend on the
+earlier tokens at that level).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from anira_jax import config as config_lib  # noqa: E402
-from anira_jax import host_memory, inspect  # noqa: E402
+from anira_jax import deciders, host_memory, inspect  # noqa: E402
 from anira_jax.training import loop  # noqa: E402
 from experiments import common  # noqa: E402
 
@@ -116,10 +116,10 @@ GRID = {
     },
 }
 SEEDS = (0, 1, 2)
-# Zero-shot exits, evaluated on every checkpoint trained without a learned decider.
-EXITS = {'confidence': (0.9, 0.99, 0.999), 'convergence': (1e-2, 1e-3, 1e-4),
-         'fixed_point': (0.1, 0.03, 0.01)}
-EXIT_HOSTS = ('fixed', 'tied')  # checkpoints whose decider reads no head: exits replace it
+# Zero-shot exits (every registered decider with a threshold sweep), evaluated on the
+# checkpoints of `EXIT_HOSTS`.
+EXITS = {name: cls.sweep for name, cls in deciders.DECIDERS.items() if cls.sweep}
+EXIT_HOSTS = ('fixed', 'tied')  # trained with depth given from outside: the exits decide there
 
 SPLIT_NAMES = ('in_distribution', 'longer', 'longest')
 

@@ -119,6 +119,9 @@ class Decider(abc.ABC):
   reads_complexity: ClassVar[bool] = False  # reads the complexity annotation always (oracle)
   learns_from_complexity: ClassVar[bool] = False  # reads it in training only (supervised)
   reads_readout: ClassVar[bool] = False  # observes the readout after every iteration (zero-shot)
+  # Zero-shot exits: the thresholds a trade-off analysis sweeps when it puts this decider on a
+  # checkpoint in place of the trained one (empty: not such a decider).
+  sweep: ClassVar[tuple[float, ...]] = ()
   step_loss: ClassVar[bool] = False  # train on the q-weighted loss of every iteration (PonderNet)
   has_rule: ClassVar[bool] = False  # `Options` holds an inference rule (`RuleOptions`)
 

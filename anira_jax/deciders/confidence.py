@@ -30,6 +30,7 @@ class Confidence(stopping.Stopping):
   name = 'confidence'
   Options = ConfidenceOptions
   reads_readout = True
+  sweep = (0.9, 0.99, 0.999)
 
   def done(self, previous, h_BxLxD, logits_BxLxV):
     top_BxL = jnp.max(jnp.exp(stopping.log_probs(logits_BxLxV)), -1)

@@ -41,6 +41,7 @@ class Convergence(stopping.Stopping):
   name = 'convergence'
   Options = ConvergenceOptions
   reads_readout = True
+  sweep = (1e-2, 1e-3, 1e-4)
 
   def initial(self, h0_BxLxD, ctx):
     vocab = self.model.vocab_size

@@ -24,6 +24,7 @@ class FixedPoint(stopping.Stopping):
   name = 'fixed_point'
   Options = FixedPointOptions
   head_calls_per_iteration = 0
+  sweep = (0.1, 0.03, 0.01)
 
   def initial(self, h0_BxLxD, ctx):
     return h0_BxLxD.astype(jnp.float32)
