@@ -233,7 +233,8 @@ def _advance(env: _Env, carry: _Carry, h_BxLxD, k_cache, v_cache, work: Work) ->
   """After the core ran iteration t = carry.t + 1: the decider observes every token's state
   and the next iteration is planned."""
   t = carry.t + 1
-  state = env.anira.decider.observe(env.params['decider'], carry.state, h_BxLxD, t)
+  state = recurrence.observe(env.anira.network, env.anira.decider, env.params, carry.state,
+                             h_BxLxD, t)
   dirty_BxL = env.valid_BxL if env.stale_every_iteration else carry.active_BxL
   return _Carry(t, h_BxLxD, state, carry.depth_BxL + carry.active_BxL.astype(jnp.int32),
                 *_plan(env, t, state, dirty_BxL), k_cache, v_cache, work)

@@ -14,6 +14,7 @@ import re
 import ml_collections
 
 from anira_jax import deciders, gsm_symbolic, pretrained
+from anira_jax.ingredients import Ingredients
 from anira_jax.model.config import ModelConfig
 from anira_jax.options import ConfigError
 
@@ -58,6 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
   config.train.preemption_check_every = 10  # steps between multi-host SIGTERM agreements
+  # Extrapolation ingredients, off by default: `ingredients.Ingredients`' fields.
+  config.train.update(Ingredients.defaults())
 
   # --- devices -----------------------------------------------------------------------------
   config.mesh = ml_collections.ConfigDict()

@@ -20,6 +20,13 @@ unchanged) up to T to fill its cache levels: exact, but with no saving from halt
 
 With a batch, rows advance in lock step: position i of every row at once, each row running its
 own depth (rows that halted are carried along without changing state).
+
+Deciders that read the readout after every iteration (`reads_readout`, the zero-shot exits) see,
+at iteration t of the new token, the coda reading every earlier token at level min(t, d_j), as
+the masked loop's readout of its current states does: the cache then also keeps the coda's
+keys/values per level (`readout_k`, `readout_v`), filled above a token's depth from its frozen
+state (recomputed per level with more than one coda layer, whose deeper keys depend on the
+earlier tokens at that level).
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ class Cache(NamedTuple):
   core_v: jax.Array
   coda_k: jax.Array  # [coda_layers, B, N, H, K]
   coda_v: jax.Array
+  # For deciders that read the readout after every iteration (`reads_readout`; else T = 0):
+  # level t-1 holds the coda keys/values of each token's state after min(t, d_j) iterations.
+  readout_k: jax.Array  # [T, coda_layers, B, N, H, K]
+  readout_v: jax.Array
 
 
 class StepOutput(NamedTuple):
@@ -67,9 +78,11 @@ def init_cache(anira: Anira, batch: int, max_len: int, max_depth: int | None = N
   dtype = jnp.dtype(cfg.dtype)
   kv = (batch, max_len, cfg.kv_heads, cfg.head_dim)
   zeros = lambda *lead: jnp.zeros((*lead, *kv), dtype)
+  levels = depth if anira.decider.reads_readout else 0
   return Cache(zeros(cfg.prelude_layers), zeros(cfg.prelude_layers),
                zeros(depth, cfg.core_layers), zeros(depth, cfg.core_layers),
-               zeros(cfg.coda_layers), zeros(cfg.coda_layers))
+               zeros(cfg.coda_layers), zeros(cfg.coda_layers),
+               zeros(levels, cfg.coda_layers), zeros(levels, cfg.coda_layers))
 
 
 def _write(cache_k, cache_v, index: tuple, position, k_Bx1xHxK, v_Bx1xHxK):
@@ -130,26 +143,41 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
       core_k, core_v = _write(core_k, core_v, (t - 1, i), position, k, v)
     return net.core_output(h_Bx1xD, x0_Bx1xD, x_Bx1xD), core_k, core_v
 
+  def level_readout(t, h_Bx1xD, readout_k, readout_v):
+    """The readout of the new token after iteration t (the coda reading every earlier token at
+    level t), writing its coda keys/values at level t-1."""
+    x_Bx1xD = h_Bx1xD
+    for i, block in enumerate(net.coda_blocks(model)):
+      level_k = jax.lax.dynamic_index_in_dim(readout_k, t - 1, 0, keepdims=False)[i]
+      level_v = jax.lax.dynamic_index_in_dim(readout_v, t - 1, 0, keepdims=False)[i]
+      x_Bx1xD, k, v = _layer(net, block, x_Bx1xD, position, level_k, level_v)
+      readout_k, readout_v = _write(readout_k, readout_v, (t - 1, i), position, k, v)
+    return net.readout_head(model, x_Bx1xD), readout_k, readout_v
+
   state = decider.start(params['decider'], h0_Bx1xD, ctx)
   every_row_Bx1 = jnp.ones(tokens_B.shape[:1] + (1,), bool)
 
   def more(carry):
-    t, _, state, _, _, _ = carry
+    t, _, state, *_ = carry
     return recurrence.active_next(decider, state, t, ctx, every_row_Bx1)[1]
 
   def body(carry):
-    t, h_Bx1xD, state, depth_Bx1, core_k, core_v = carry
+    t, h_Bx1xD, state, depth_Bx1, core_k, core_v, readout_k, readout_v = carry
     t = t + 1
     run_Bx1 = decider.runs(state, t) > 0.5
     h_new_Bx1xD, core_k, core_v = iteration(t, h_Bx1xD, core_k, core_v)
     h_Bx1xD = jnp.where(run_Bx1[..., None], h_new_Bx1xD, h_Bx1xD)
-    state = decider.observe(params['decider'], state, h_Bx1xD, t)
-    return t, h_Bx1xD, state, depth_Bx1 + run_Bx1.astype(jnp.int32), core_k, core_v
+    logits_Bx1xV = None
+    if decider.reads_readout:
+      logits_Bx1xV, readout_k, readout_v = level_readout(t, h_Bx1xD, readout_k, readout_v)
+    state = decider.observe(params['decider'], state, h_Bx1xD, t, logits_Bx1xV)
+    return (t, h_Bx1xD, state, depth_Bx1 + run_Bx1.astype(jnp.int32), core_k, core_v,
+            readout_k, readout_v)
 
   depth_Bx1 = jnp.zeros(tokens_B.shape[:1] + (1,), jnp.int32)
-  t_end, h_Bx1xD, state, depth_Bx1, core_k, core_v = jax.lax.while_loop(
+  t_end, h_Bx1xD, state, depth_Bx1, core_k, core_v, readout_k, readout_v = jax.lax.while_loop(
       more, body, (jnp.int32(0), net.initial_state(h0_Bx1xD), state, depth_Bx1, cache.core_k,
-                   cache.core_v))
+                   cache.core_v, cache.readout_k, cache.readout_v))
 
   # Levels above t_end: what the frozen token shows to later tokens at those iterations.
   if static_frozen_kv(anira):
@@ -168,6 +196,21 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
       return iteration(t, h_Bx1xD, *kv)[1:]
     core_k, core_v = jax.lax.fori_loop(t_end + 1, max_depth + 1, refresh, (core_k, core_v))
 
+  if decider.reads_readout:  # the frozen token's readout levels above t_end
+    if cfg.coda_layers == 1:  # its coda keys/values depend on its own state alone
+      k, v = net.keys_values(net.coda_blocks(model)[0], h_Bx1xD, position[None])
+      column_k = jax.lax.dynamic_slice_in_dim(readout_k, position, 1, axis=3)
+      column_v = jax.lax.dynamic_slice_in_dim(readout_v, position, 1, axis=3)
+      above_Tx1x1x1x1x1 = (jnp.arange(max_depth) >= t_end)[:, None, None, None, None, None]
+      column_k = jnp.where(above_Tx1x1x1x1x1, k.astype(readout_k.dtype)[None, None], column_k)
+      column_v = jnp.where(above_Tx1x1x1x1x1, v.astype(readout_v.dtype)[None, None], column_v)
+      readout_k = jax.lax.dynamic_update_slice_in_dim(readout_k, column_k, position, axis=3)
+      readout_v = jax.lax.dynamic_update_slice_in_dim(readout_v, column_v, position, axis=3)
+    elif cfg.coda_layers > 1:  # deeper coda keys depend on what earlier tokens show per level
+      readout_k, readout_v = jax.lax.fori_loop(
+          t_end + 1, max_depth + 1,
+          lambda t, kv: level_readout(t, h_Bx1xD, *kv)[1:], (readout_k, readout_v))
+
   trajectory = recurrence.finish(decider, params, state, h_Bx1xD, depth_Bx1, t_end)
   decision, readout_Bx1xD = trajectory.decision, trajectory.state_BxLxD
   y_Bx1xD, coda_k, coda_v = _stack(net, net.coda_blocks(model), readout_Bx1xD, position,
@@ -175,7 +218,7 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
   logits_Bx1xV = net.readout_head(model, y_Bx1xD)
   out = StepOutput(logits_Bx1xV[:, 0], depth_Bx1[:, 0], decision.q_BxLxT[:, 0],
                    decision.head_calls_BxL[:, 0], readout_Bx1xD[:, 0])
-  return out, Cache(prelude_k, prelude_v, core_k, core_v, coda_k, coda_v)
+  return out, Cache(prelude_k, prelude_v, core_k, core_v, coda_k, coda_v, readout_k, readout_v)
 
 
 def decode_logits(anira: Anira, params: dict, tokens_BxL: jax.Array, *,

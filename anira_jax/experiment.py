@@ -18,6 +18,7 @@ import tasks
 from anira_jax import deciders, gsm_symbolic, options, pretrained
 from anira_jax.anira import Anira
 from anira_jax.config import EVAL_SOURCES, parse_sizes
+from anira_jax.ingredients import Ingredients
 from anira_jax.model.config import ModelConfig
 from anira_jax.options import ConfigError
 
@@ -33,6 +34,7 @@ class Experiment:
   splits: dict[str, tuple[int, ...]]  # evaluation split name -> sizes
   pretrained: pretrained.Options = pretrained.Options()  # the checkpoint training starts from
   gsm_symbolic: gsm_symbolic.Options = gsm_symbolic.Options()  # the benchmark after training
+  ingredients: Ingredients = Ingredients()  # what the training step adds (config.train)
 
 
 def _sizes(config: ml_collections.ConfigDict, field: str) -> tuple[int, ...]:
@@ -160,6 +162,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     raise ConfigError(f'config.model.kind="standard" (unshared layers) runs every layer: it '
                       f'needs decider.name="fixed", not {config.decider.name!r}')
   _check_train(config.train)
+  ingredients = Ingredients.from_train(config.train)
   _check_mesh_and_eval(config, model)
   start = pretrained.Options.from_section(config.pretrained, 'pretrained')
   gsm = gsm_symbolic.Options.from_section(config.gsm_symbolic, 'gsm_symbolic')
@@ -168,4 +171,5 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       f'(task.name="text", for its tokenizer), not {config.task.name!r}')
   return Experiment(config=config, task=task,
                     anira=Anira(model, config.decider.name, decider_opts),
-                    train_sizes=sizes, splits=splits, pretrained=start, gsm_symbolic=gsm)
+                    train_sizes=sizes, splits=splits, pretrained=start, gsm_symbolic=gsm,
+                    ingredients=ingredients)

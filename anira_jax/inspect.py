@@ -4,6 +4,7 @@
     tr = run.trace(run.batches('in_distribution')[0])
     tr.depth[0], tr.q[0, 5], tr.halting[0, 5], tr.readout_confidence[:, 0, 5]
     run.evaluate('longer', rule='threshold', threshold=0.3, max_depth=12)   # a results.json split
+    run.evaluate('longer', decider='confidence', threshold=0.99)  # a zero-shot exit instead
 
 `load` needs no config from the caller: it reads the one stored with the checkpoint (falling
 back to the workdir's config.json), rebuilds task and model with `experiment.build`, and
@@ -39,7 +40,7 @@ import ml_collections
 import numpy as np
 
 import tasks
-from anira_jax import checkpoint, deciders, evaluation, experiment
+from anira_jax import checkpoint, deciders, evaluation, experiment, options
 from anira_jax import train_state as state_lib
 from anira_jax.anira import Anira
 from anira_jax.checkpoint import CheckpointError
@@ -133,29 +134,51 @@ class Run:
     """The trained inference rule ('median', 'mode', 'threshold=p'); None without one."""
     return self.anira.decider.rule_label
 
-  def model(self, rule: str | None = None, threshold: float | None = None) -> Anira:
-    """The model with its inference rule changed (deciders with one); the trained one by
-    default."""
-    if rule is None and threshold is None:
+  def model(self, rule: str | None = None, threshold: float | None = None,
+            decider: str | None = None) -> Anira:
+    """The model with its inference rule or threshold changed (deciders with one), or with
+    another decider that has no parameters (a zero-shot exit, fixed, oracle, tied) in place of
+    the trained one; the trained model by default."""
+    trained = self.anira.decider
+    name = decider or trained.name
+    if name == trained.name and rule is None and threshold is None:
       return self.anira
-    decider = self.anira.decider
-    if not decider.has_rule:
-      with_rules = sorted(n for n, cls in deciders.DECIDERS.items() if cls.has_rule)
-      raise ValueError(f'decider {decider.name!r} has no inference rule to change; rules apply '
-                       f'to {", ".join(with_rules)}')
-    current = decider.options
-    rule = rule or ('threshold' if threshold is not None else current.rule)
-    threshold = current.threshold if threshold is None else float(threshold)
+    options.choice('decider', name, sorted(deciders.DECIDERS))
+    cls = deciders.DECIDERS[name]
+    if name != trained.name and cls(cls.Options(), self.anira.model_cfg).head() is not None:
+      raise ValueError(f'decider {name!r} has a decision head the checkpoint (trained with '
+                       f'{trained.name!r}) does not hold; only deciders without parameters '
+                       'can replace the trained one')
+    current = (trained.options if name == trained.name
+               else cls.Options.from_section(self.config.decider.get(name, {}),
+                                             f'decider.{name}'))
+    fields = dataclasses.asdict(current)
+    if rule is not None or (threshold is not None and cls.has_rule):
+      if not cls.has_rule:
+        with_rules = sorted(n for n, c in deciders.DECIDERS.items() if c.has_rule)
+        raise ValueError(f'decider {name!r} has no inference rule to change; rules apply '
+                         f'to {", ".join(with_rules)}')
+      fields['rule'] = rule or ('threshold' if threshold is not None else current.rule)
+    if threshold is not None:
+      if 'threshold' not in fields:
+        raise ValueError(f'decider {name!r} has no threshold')
+      fields['threshold'] = float(threshold)
     try:
-      opts = decider.Options.from_section(
-          {**dataclasses.asdict(current), 'rule': rule, 'threshold': threshold},
-          f'decider.{decider.name}')
+      opts = cls.resolve(cls.Options.from_section(fields, f'decider.{name}'),
+                         self.experiment.train_sizes)
     except ConfigError as e:
-      raise ValueError(str(e).removeprefix(f'config.decider.{decider.name}.')) from None
-    key = (rule, threshold if rule == 'threshold' else None)
+      raise ValueError(str(e).removeprefix(f'config.decider.{name}.')) from None
+    key = (name, opts)
     if key not in self._models:
-      self._models[key] = Anira(self.anira.model_cfg, decider.name, opts)
+      self._models[key] = Anira(self.anira.model_cfg, name, opts)
     return self._models[key]
+
+  def params_for(self, anira: Anira) -> dict:
+    """The parameters `anira` (from `model`) reads: the trained ones, without the decision
+    head when another decider replaces the trained one."""
+    if anira.decider.name == self.anira.decider.name:
+      return self.params
+    return {'model': self.params['model'], 'decider': {}}
 
   def decode(self, tokens: Iterable[int]) -> list[str]:
     return self.task.decode(tokens)
@@ -244,18 +267,21 @@ class Run:
 
   # --- inspection --------------------------------------------------------------------------
   def trace(self, batch_or_tokens, rule: str | None = None, threshold: float | None = None,
-            max_depth: int | None = None, states: bool = False, batch_index: int = 0) -> Trace:
+            max_depth: int | None = None, states: bool = False, batch_index: int = 0,
+            decider: str | None = None) -> Trace:
     """Per-token decisions of the inference loop on one batch.
 
     Args:
       batch_or_tokens: a host batch (dict from `batches` / `tasks.make_batch`), token ids [B, L]
         or [L], or a string of whitespace-separated tokens.
-      rule, threshold: inference rule for deciders with one (default: the trained one).
+      rule, threshold: inference rule or threshold for deciders with one (default: the
+        trained one).
       max_depth: T for this pass (default: the trained D).
       states: also return the state after every iteration, [T, B, L, D].
       batch_index: which evaluation batch's key rule='sample' draws with (as `evaluate` does).
+      decider: a decider without parameters to run instead of the trained one (`model`).
     """
-    anira = self.model(rule, threshold)
+    anira = self.model(rule, threshold, decider)
     max_depth = self._depth(max_depth)
     if isinstance(batch_or_tokens, dict):
       batch = batch_or_tokens
@@ -275,7 +301,8 @@ class Run:
                        'trace a batch, not bare tokens')
     complexity_BxL = np.asarray(batch.get('complexity', np.zeros(tokens_BxL.shape)), np.float32)
     out = jax.device_get(_jitted_trace(anira, max_depth, states)(
-        self.params, tokens_BxL, complexity_BxL, evaluation.sampling_key(batch_index)))
+        self.params_for(anira), tokens_BxL, complexity_BxL,
+        evaluation.sampling_key(batch_index)))
     targets = batch.get('targets')
     return Trace(
         tokens=tokens_BxL, max_depth=max_depth,
@@ -288,9 +315,11 @@ class Run:
 
   def trace_split(self, split_or_sizes, rule: str | None = None, threshold: float | None = None,
                   max_depth: int | None = None, num_batches: int | None = None,
-                  batch_size: int | None = None, states: bool = False) -> Trace:
+                  batch_size: int | None = None, states: bool = False,
+                  decider: str | None = None) -> Trace:
     """`trace` over every batch of a split (or sizes), concatenated."""
-    return concatenate([self.trace(b, rule, threshold, max_depth, states, batch_index=i)
+    return concatenate([self.trace(b, rule, threshold, max_depth, states, batch_index=i,
+                                   decider=decider)
                         for i, b in enumerate(self.batches(split_or_sizes, num_batches,
                                                            batch_size, max_depth=max_depth))])
 
@@ -310,20 +339,23 @@ class Run:
 
   def evaluate(self, split_or_sizes, rule: str | None = None, threshold: float | None = None,
                max_depth: int | None = None, num_batches: int | None = None,
-               batch_size: int | None = None) -> dict:
-    """One split's entry of results.json (`sizes` + `evaluation.evaluate_batches`)."""
+               batch_size: int | None = None, decider: str | None = None) -> dict:
+    """One split's entry of results.json (`sizes` + `evaluation.evaluate_batches`), with the
+    trained decider or, on the same parameters, another one (`model`)."""
+    anira = self.model(rule, threshold, decider)
     max_depth = None if max_depth is None else self._depth(max_depth)
     batches = self.batches(split_or_sizes, num_batches, batch_size, max_depth=max_depth)
     return {'sizes': list(self.sizes(split_or_sizes)),
-            **evaluation.evaluate_batches(self.model(rule, threshold), self.params, batches,
-                                          max_depth, task=self.task)}
+            **evaluation.evaluate_batches(anira, self.params_for(anira), batches, max_depth,
+                                          task=self.task)}
 
   def results(self, rule: str | None = None, threshold: float | None = None,
-              max_depth: int | None = None) -> dict:
+              max_depth: int | None = None, decider: str | None = None) -> dict:
     """The whole results.json content over the configured evaluation splits."""
     max_depth = None if max_depth is None else self._depth(max_depth)
-    return evaluation.evaluate(self.experiment, self.params, self._eval_sets(), self.step,
-                               max_depth, anira=self.model(rule, threshold))
+    anira = self.model(rule, threshold, decider)
+    return evaluation.evaluate(self.experiment, self.params_for(anira), self._eval_sets(),
+                               self.step, max_depth, anira=anira)
 
 
 def _locate(path) -> tuple[pathlib.Path, int | None]:

@@ -5,7 +5,8 @@ Every executor — `unroll` and `loop` here, `compaction` and `decoding` beside 
 protocol, whose shared start and end live here:
 - `context`: the decider's context, with T resolved (the trained D unless raised, and exactly D
   for a `standard` model) and the complexity annotation passed only to deciders that read it;
-- per iteration t: which tokens run (`decider.runs`), the core on them, `decider.observe`;
+- per iteration t: which tokens run (`runs`: the decider's choice, and a training depth cap),
+  the core on them, `observe` (with the readout for deciders that read it);
 - `active_next`: the real tokens that run iteration t + 1 — the loops go on while there is one;
 - `finish`: the decider's decision and the state the coda reads (the exit state, or the
   decider's own readout such as ACT's mixture).
@@ -44,23 +45,43 @@ class Trajectory(NamedTuple):
 
 def context(decider: deciders_base.Decider, model: ModelConfig, *, train: bool,
             key: jax.Array | None = None, complexity_BxL: jax.Array | None = None,
-            max_depth: int | None = None) -> deciders_base.Context:
+            max_depth: int | None = None,
+            depth_cap_BxL: jax.Array | None = None) -> deciders_base.Context:
   """The decider's context for one pass; `max_depth` raises (or lowers) T, the trained D by
-  default."""
+  default. The complexity annotation reaches only deciders that read it (a supervised one only
+  in training); `depth_cap` (random depth in training) only the unroll and loop here."""
   max_depth = max_depth or model.max_depth
   if model.kind == 'standard' and max_depth != model.max_depth:
     raise ValueError('a standard (unshared) model has exactly max_depth layers; '
                      f'it cannot run {max_depth}')
+  reads = decider.reads_complexity or (train and decider.learns_from_complexity)
   return deciders_base.Context(
       train=train, key=key, max_depth=max_depth,
-      complexity_BxL=complexity_BxL if decider.reads_complexity else None)
+      complexity_BxL=complexity_BxL if reads else None, depth_cap_BxL=depth_cap_BxL)
+
+
+def runs(decider: deciders_base.Decider, state, t: jax.Array,
+         ctx: deciders_base.Context) -> jax.Array:
+  """`decider.runs`, with tokens past their depth cap (if any) stopped."""
+  run_BxL = decider.runs(state, t)
+  if ctx.depth_cap_BxL is None:
+    return run_BxL
+  return run_BxL * (t <= ctx.depth_cap_BxL).astype(run_BxL.dtype)
+
+
+def observe(net: Network, decider: deciders_base.Decider, params: dict, state,
+            h_BxLxD: jax.Array, t: jax.Array):
+  """`decider.observe` after iteration t, given the readout of every token's current state when
+  the decider reads it."""
+  logits_BxLxV = net.readout(params['model'], h_BxLxD) if decider.reads_readout else None
+  return decider.observe(params['decider'], state, h_BxLxD, t, logits_BxLxV)
 
 
 def active_next(decider: deciders_base.Decider, state, t: jax.Array, ctx: deciders_base.Context,
                 valid_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(the real tokens that run iteration t + 1 [B, L], whether any does and t < T) once t
   iterations have run; padding (`valid` false) never keeps a loop going."""
-  active_BxL = (decider.runs(state, jnp.minimum(t + 1, ctx.max_depth)) > 0.5) & valid_BxL
+  active_BxL = (runs(decider, state, jnp.minimum(t + 1, ctx.max_depth), ctx) > 0.5) & valid_BxL
   return active_BxL, (t < ctx.max_depth) & jnp.any(active_BxL)
 
 
@@ -74,9 +95,10 @@ def finish(decider: deciders_base.Decider, params: dict, state, h_BxLxD: jax.Arr
   return Trajectory(readout, depth_BxL, decision, t_end, states_TxBxLxD)
 
 
-def _iteration(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD, carry, t):
+def _iteration(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD,
+               ctx: deciders_base.Context, carry, t):
   h_BxLxD, state, depth_BxL = carry
-  run_BxL = decider.runs(state, t)
+  run_BxL = runs(decider, state, t, ctx)
   hard_BxL = run_BxL > 0.5
   h_new_BxLxD = net.core(params['model'], h_BxLxD, h0_BxLxD, t)
   # Forward: exactly where(run, new, old). Backward: h + m·(new − old), the straight-through
@@ -85,7 +107,7 @@ def _iteration(net: Network, decider: deciders_base.Decider, params: dict, h0_Bx
   h_BxLxD = (jnp.where(hard_BxL[..., None], h_new_BxLxD, h_BxLxD)
              + surrogate_BxL[..., None] * (h_new_BxLxD - h_BxLxD))
   depth_BxL = depth_BxL + hard_BxL.astype(jnp.int32)
-  state = decider.observe(params['decider'], state, h_BxLxD, t)
+  state = observe(net, decider, params, state, h_BxLxD, t)
   return h_BxLxD, state, depth_BxL
 
 
@@ -109,7 +131,7 @@ def unroll(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD:
   depth_BxL = jnp.zeros(h0_BxLxD.shape[:2], jnp.int32)
 
   def step(carry, t):
-    carry = _iteration(net, decider, params, h0_BxLxD, carry, t)
+    carry = _iteration(net, decider, params, h0_BxLxD, ctx, carry, t)
     return carry, (carry[0] if collect_states else None)
 
   # Always a checkpoint: `remat` recomputes the whole iteration in the backward pass; otherwise
@@ -140,7 +162,7 @@ def loop(net: Network, decider: deciders_base.Decider, params: dict, h0_BxLxD: j
   def body(carry):
     t, h_BxLxD, state, depth_BxL, states = carry
     h_BxLxD, state, depth_BxL = _iteration(
-        net, decider, params, h0_BxLxD, (h_BxLxD, state, depth_BxL), t + 1)
+        net, decider, params, h0_BxLxD, ctx, (h_BxLxD, state, depth_BxL), t + 1)
     if collect_states:
       states = jax.lax.dynamic_update_index_in_dim(states, h_BxLxD, t, axis=0)
     return t + 1, h_BxLxD, state, depth_BxL, states

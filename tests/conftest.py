@@ -11,7 +11,7 @@ host_memory.reuse_freed_memory()  # before the first computation creates JAX's C
 
 from anira_jax import deciders, options  # noqa: E402
 from anira_jax.anira import Anira  # noqa: E402
-from anira_jax.deciders import base  # noqa: E402
+from anira_jax.deciders import base, stopping  # noqa: E402
 from anira_jax.model.config import ModelConfig  # noqa: E402
 
 ALL_DECIDERS = tuple(sorted(deciders.DECIDERS))
@@ -23,18 +23,28 @@ def tiny_model(**overrides) -> ModelConfig:
   return ModelConfig(**fields)
 
 
+# Thresholds of the zero-shot exits at which an untrained tiny model's tokens stop at different
+# depths (the equivalence tests need depths that vary).
+TINY_THRESHOLDS = {'confidence': 0.55, 'convergence': 0.03, 'fixed_point': 0.4}
+
+
 def tiny_options(name: str, **overrides) -> options.Options:
-  """The decider's options with a small head (and the oracle's c_max set to 3)."""
+  """The decider's options with a small head (and the oracle's c_max set to 3); zero-shot exits
+  at `TINY_THRESHOLDS`."""
   cls = deciders.DECIDERS[name]
   fields = {'head_hidden': 8} if issubclass(cls.Options, base.HeadOptions) else {}
+  if issubclass(cls, stopping.Stopping):
+    fields['threshold'] = TINY_THRESHOLDS[name]
   fields.update(overrides)
   return cls.resolve(cls.Options(**fields), train_sizes=(3,))
 
 
 def decides_per_token(name: str) -> bool:
-  """Whether the decider can give tokens different depths (a learned head, or complexity)."""
+  """Whether the decider gives tokens different depths in the equivalence tests (a learned head,
+  complexity, or a zero-shot exit at `TINY_THRESHOLDS`)."""
   cls = deciders.DECIDERS[name]
-  return issubclass(cls.Options, base.HeadOptions) or cls.reads_complexity
+  return (issubclass(cls.Options, base.HeadOptions) or cls.reads_complexity
+          or issubclass(cls, stopping.Stopping))
 
 
 def tiny_anira(name: str, model: ModelConfig | None = None, **decider_overrides) -> Anira:

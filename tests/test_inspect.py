@@ -168,8 +168,9 @@ def test_analyze_writes_json_figures_and_summary(trained, tmp_path):
   generalization = saved['generalization']['by_max_depth']
   assert set(generalization) == {str(D), str(2 * D)}
   assert set(generalization[str(D)]['per_category']) == {'train'}
-  assert saved['tradeoff']['applicable'] and set(saved['tradeoff']['points']) == {
-      'mode', 'median', 'threshold=0.3'}
+  exits = {f'{name} {p:g}' for name, cls in deciders.DECIDERS.items() for p in cls.sweep}
+  assert exits and saved['tradeoff']['applicable'] and set(saved['tradeoff']['points']) == {
+      'mode', 'median', 'threshold=0.3', *exits}
   assert 'timing' not in saved  # parity has no BREVO features
   for name in saved['files']:
     assert (tmp_path / name).exists(), name

@@ -7,7 +7,7 @@ trained D and at a raised D, then runs alignment (the feature of the prediction 
 decides, and of its neighbours) and generalization for every task, decision timing for tasks
 that group their features (`Task.feature_groups`, BREVO: on the answers it generates), and the
 inference-rule trade-off for deciders with a rule (online, ponder; the others get their single
-point). Writes analysis.json, analysis.md and the PNGs below.
+point), with the zero-shot exits' threshold sweeps on the same checkpoint. Writes analysis.json, analysis.md and the PNGs below.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 import tasks
-from anira_jax import inspect
+from anira_jax import deciders, inspect
 from anira_jax import trace as trace_lib
 from anira_jax.analysis import alignment, figures, generalization, timing, tradeoff
 from anira_jax.reporting import fmt
@@ -84,8 +84,12 @@ def summary_markdown(result: dict) -> str:
 
 def analyze(workdir, out_dir=None, *, step: int | None = None, num_batches: int | None = None,
             batch_size: int | None = None, raised_depth: int | None = None,
-            thresholds=THRESHOLDS, n_boot: int = 200, seed: int = 0) -> dict:
+            thresholds=THRESHOLDS, exits: bool = True, n_boot: int = 200,
+            seed: int = 0) -> dict:
   """Runs every analysis that applies to the run in `workdir`; returns analysis.json's content.
+
+  The inference-rule trade-off has a point per rule (deciders with one) and, with `exits`, per
+  threshold of every zero-shot exit (`Decider.sweep`) run in place of the trained decider.
 
   `raised_depth` is the T of the second generalization pass (default: config.eval.max_depth if
   it exceeds D, else 2·D; none for a standard, unshared model).
@@ -126,6 +130,10 @@ def analyze(workdir, out_dir=None, *, step: int | None = None, num_batches: int 
   # The split nearest the training distribution: the most training sizes, then config order.
   train = set(train_sizes)
   first = max(splits, key=lambda n: (len(train & set(run.sizes(n))), -splits.index(n)))
+  # The zero-shot exits run on any checkpoint in place of its decider: their threshold sweeps
+  # join the curve.
+  exit_traces = {f'{name} {p:g}': run.trace_split(first, decider=name, threshold=p, **counts)
+                 for name, cls in deciders.DECIDERS.items() for p in cls.sweep} if exits else {}
   if run.rule is not None:
     rule_traces = {'mode': run.trace_split(first, rule='mode', **counts),
                    'median': run.trace_split(first, rule='median', **counts)}
@@ -133,12 +141,13 @@ def analyze(workdir, out_dir=None, *, step: int | None = None, num_batches: int 
       rule_traces[f'threshold={p:g}'] = run.trace_split(first, rule='threshold', threshold=p,
                                                         **counts)
     result['tradeoff'] = {'applicable': True, 'split': first,
-                          **tradeoff.tradeoff(rule_traces)}
+                          **tradeoff.tradeoff({**rule_traces, **exit_traces})}
   else:
     result['tradeoff'] = {
         'applicable': False, 'split': first,
-        'reason': f'decider {config.decider.name!r} has no inference rule; only its own point.',
-        **tradeoff.tradeoff({config.decider.name: traces[first]})}
+        'reason': f'decider {config.decider.name!r} has no inference rule; only its own point'
+                  + (' and the zero-shot exits.' if exit_traces else '.'),
+        **tradeoff.tradeoff({config.decider.name: traces[first], **exit_traces})}
 
   title = f'{task.name} · {config.decider.name} · step {run.step}'
   files = [

@@ -44,7 +44,7 @@ class Act(base.Halting):
   def runs(self, state, t):
     return (~state['halted']).astype(jnp.float32)
 
-  def observe(self, params, state, h_BxLxD, t):
+  def observe(self, params, state, h_BxLxD, t, logits_BxLxV=None):
     max_depth = state['p'].shape[-1]
     lam_BxL = self.halting_probability(params, h_BxLxD)
     ran_BxL = ~state['halted']

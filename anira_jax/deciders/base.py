@@ -8,8 +8,15 @@ loop, compacted, decoding):
     for t in 1..T:
       m = runs(state, t)                            # [B, L]: does the token run iteration t?
       h = where(m, core(h), h)                      # the recurrence freezes the others
-      state = observe(params, state, h, t)          # after iteration t (online heads look here)
+      y = readout(h) if reads_readout else None     # coda + head on every token's current state
+      state = observe(params, state, h, t, y)       # after iteration t (online heads look here)
     decision = finish(params, state, h, t_end, depth)
+
+`readout` is what the model would output if every token stopped now: the logits the inspection
+API reports after each iteration (`Anira.readout_every_iteration`). The executors compute it
+only for deciders that set `reads_readout` (zero-shot exits such as max-confidence), each in its
+own way (decoding keeps the coda's keys and values per iteration), so that it is the same
+function everywhere.
 
 `runs` returns a float mask whose forward value is exactly 0 or 1; a decider that learns through
 a straight-through estimator gives it a gradient (value = hard + (soft - stop_gradient(soft)),
@@ -47,8 +54,12 @@ class Context:
 
   train: bool
   key: jax.Array | None  # randomness for training-time sampling (and rule='sample')
-  complexity_BxL: jax.Array | None  # task annotation; only the oracle may read it
+  # Task annotation: given to the oracle always, to a supervised decider only in training.
+  complexity_BxL: jax.Array | None
   max_depth: int  # T at run time: the trained D, or a raised one at evaluation
+  # Training only (random depth): the most iterations each token may run; the recurrence stops
+  # a token there whatever its decider says. None: T.
+  depth_cap_BxL: jax.Array | None = None
 
 
 class Decision(NamedTuple):
@@ -57,6 +68,7 @@ class Decision(NamedTuple):
   q_BxLxT: jax.Array  # float32 distribution over depths 1..T (sums to 1 per token)
   head_calls_BxL: jax.Array  # int32 decision-head calls made per token
   readout_BxLxD: jax.Array | None  # a state to read out instead of the exit state (ACT)
+  target_BxL: jax.Array | None = None  # int32 depth the decider is taught to choose (supervised)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +116,12 @@ class Decider(abc.ABC):
 
   name: ClassVar[str]
   Options: ClassVar[type[options.Options]] = options.Options
-  reads_complexity: ClassVar[bool] = False  # only the oracle
+  reads_complexity: ClassVar[bool] = False  # reads the complexity annotation always (oracle)
+  learns_from_complexity: ClassVar[bool] = False  # reads it in training only (supervised)
+  reads_readout: ClassVar[bool] = False  # observes the readout after every iteration (zero-shot)
+  # Zero-shot exits: the thresholds a trade-off analysis sweeps when it puts this decider on a
+  # checkpoint in place of the trained one (empty: not such a decider).
+  sweep: ClassVar[tuple[float, ...]] = ()
   step_loss: ClassVar[bool] = False  # train on the q-weighted loss of every iteration (PonderNet)
   has_rule: ClassVar[bool] = False  # `Options` holds an inference rule (`RuleOptions`)
 
@@ -149,8 +166,10 @@ class Decider(abc.ABC):
   def runs(self, state: State, t: jax.Array) -> jax.Array:
     """float32 [B, L], forward value 0 or 1: whether each token runs iteration t (1-based)."""
 
-  def observe(self, params: dict, state: State, h_BxLxD: jax.Array, t: jax.Array) -> State:
-    del params, h_BxLxD, t
+  def observe(self, params: dict, state: State, h_BxLxD: jax.Array, t: jax.Array,
+              logits_BxLxV: jax.Array | None = None) -> State:
+    """After iteration t; `logits` is the readout of `h` (None unless `reads_readout`)."""
+    del params, h_BxLxD, t, logits_BxLxV
     return state
 
   @abc.abstractmethod

@@ -65,7 +65,7 @@ class Online(base.Halting):
     straight_through = jnp.where(state['halts'], survival - jax.lax.stop_gradient(survival), 0.0)
     return (~state['halted']).astype(jnp.float32) + straight_through
 
-  def observe(self, params, state, h_BxLxD, t):
+  def observe(self, params, state, h_BxLxD, t, logits_BxLxV=None):
     max_depth = state['lam'].shape[-1]
     lam_BxL = jnp.where(t == max_depth, 1.0, self.halting_probability(params, h_BxLxD))
     survival = state['survival'] * (1.0 - lam_BxL)

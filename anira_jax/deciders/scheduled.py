@@ -78,7 +78,14 @@ class Oracle(Scheduled):
   def start(self, params, h0_BxLxD, ctx):
     if ctx.complexity_BxL is None:
       raise ValueError('the oracle decider needs the batch complexity annotation')
-    c_max = self.options.max_complexity
-    frac_BxL = jnp.clip(ctx.complexity_BxL / c_max, 0.0, 1.0)
-    depth_BxL = 1 + jnp.floor((self.model.max_depth - 1) * frac_BxL).astype(jnp.int32)
+    depth_BxL = complexity_depth(ctx.complexity_BxL, self.options.max_complexity,
+                                 self.model.max_depth)
     return self.schedule(depth_BxL, ctx.max_depth)
+
+
+def complexity_depth(complexity_BxL: jax.Array, max_complexity: float,
+                     max_depth: int) -> jax.Array:
+  """The oracle's depth for a complexity: 1 + (D-1)·min(c, c_max)/c_max, rounded down (int32;
+  also the supervised decider's target)."""
+  frac_BxL = jnp.clip(complexity_BxL / max_complexity, 0.0, 1.0)
+  return 1 + jnp.floor((max_depth - 1) * frac_BxL).astype(jnp.int32)

@@ -92,7 +92,8 @@ def _prefetch(stream: tasks.Stream, start: int, stop: int, depth: int = 4):
       yield batch
 
 
-def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int = 1):
+def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int = 1,
+                     ingredients=None):
   """(create, abstract_state, state_sharding, train_step) for a mesh.
 
   The state is born sharded — shapes first (`eval_shape`), then shardings, then a jitted
@@ -103,7 +104,8 @@ def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int 
   state_sharding = sharding.state_shardings(mesh, abstract_state)
   train_step = jax.jit(
       functools.partial(step_lib.train_step, anira=anira, tx=tx, key=train_key,
-                        accumulation_steps=accumulation_steps),
+                        accumulation_steps=accumulation_steps,
+                        **({} if ingredients is None else {'ingredients': ingredients})),
       in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   return (jax.jit(create, out_shardings=state_sharding), abstract_state, state_sharding,
@@ -167,7 +169,7 @@ def _train_and_evaluate(exp: experiment.Experiment, mesh, workdir: pathlib.Path,
   tx = state_lib.make_optimizer(config.train)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   create, abstract_state, state_sharding, train_step = compile_training(
-      anira, tx, mesh, train_key, config.train.grad_accumulation_steps)
+      anira, tx, mesh, train_key, config.train.grad_accumulation_steps, exp.ingredients)
   last_saved, state = _restore(mngr, abstract_state, state_sharding)
   if state is None:  # a fresh start: from config.pretrained's checkpoint, or random
     state = (pretrained.train_state(anira, tx, exp.pretrained, init_key, state_sharding)

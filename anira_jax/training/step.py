@@ -7,26 +7,30 @@ import jax.numpy as jnp
 import optax
 
 from anira_jax.anira import Anira
+from anira_jax.ingredients import Ingredients
 from anira_jax.train_state import TrainState
 from anira_jax.training import objective
 
 
 def gradients(params: dict, batch: dict, key: jax.Array, *, anira: Anira,
-              accumulation_steps: int = 1) -> tuple[dict, dict]:
+              accumulation_steps: int = 1,
+              ingredients: Ingredients = Ingredients()) -> tuple[dict, dict]:
   """(grads, metrics) of the batch's loss, summed over `accumulation_steps` microbatches.
 
   Microbatch i takes rows i, i + A, i + 2A, ... (A = accumulation_steps): with the batch split
   over devices in contiguous blocks, every device keeps its own rows. Each microbatch's
   cross-entropy and regularizer are weighted by its share of the batch's answer and real tokens,
   so the sum is the whole batch's loss: the same gradient as one step on the whole batch (up to
-  float rounding; stochastic deciders draw a different key per microbatch). Memory holds one
-  microbatch's activations.
+  float rounding; stochastic deciders draw a different key per microbatch; the per-iteration
+  loss of `ingredients` is weighted by real tokens, exact only without accumulation). Memory
+  holds one microbatch's activations.
   """
   answers = jnp.maximum(jnp.sum(batch['loss_mask'].astype(jnp.float32)), 1.0)
   real = jnp.maximum(jnp.sum((batch['tokens'] != 0).astype(jnp.float32)), 1.0)
 
   def loss_fn(p, micro, micro_key):
-    ce, reg, reg_metrics, sums = objective.loss_terms(anira, p, micro, micro_key)
+    ce, reg, reg_metrics, sums = objective.loss_terms(anira, p, micro, micro_key,
+                                                      ingredients)
     ce_share = jax.lax.stop_gradient(sums['answer_tokens'] / answers)
     reg_share = jax.lax.stop_gradient(sums['real_tokens'] / real)
     terms = (ce_share * ce, reg_share * reg,
@@ -54,13 +58,15 @@ def gradients(params: dict, batch: dict, key: jax.Array, *, anira: Anira,
 
 
 def train_step(state: TrainState, batch: dict, *, anira: Anira, tx: optax.GradientTransformation,
-               key: jax.Array, accumulation_steps: int = 1) -> tuple[TrainState, dict]:
+               key: jax.Array, accumulation_steps: int = 1,
+               ingredients: Ingredients = Ingredients()) -> tuple[TrainState, dict]:
   """One optimizer update. A non-finite loss or gradient leaves params and optimizer state
   untouched and is counted in `skipped_steps`, which is also returned with the metrics: the loop
   reads it a few steps later, without waiting for the step, and stops."""
   step_key = jax.random.fold_in(key, state.step)
   grads, metrics = gradients(state.params, batch, step_key, anira=anira,
-                             accumulation_steps=accumulation_steps)
+                             accumulation_steps=accumulation_steps,
+                             ingredients=ingredients)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
