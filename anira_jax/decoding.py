@@ -94,6 +94,17 @@ def _write(cache_k, cache_v, index: tuple, position, k_Bx1xHxK, v_Bx1xHxK):
   return put(cache_k, k_Bx1xHxK), put(cache_v, v_Bx1xHxK)
 
 
+def _fill_levels_above(cache_k, cache_v, t_end, position, k_Bx1xHxK, v_Bx1xHxK):
+  """cache[t, :, :, position] = k for every level t >= t_end: a frozen token's keys/values at
+  the levels it did not run (caches [T, 1, B, N, H, K]: one layer, where they are static)."""
+  def fill(cache, x):
+    column = jax.lax.dynamic_slice_in_dim(cache, position, 1, axis=3)  # [T, layers, B, 1, H, K]
+    above_Tx1x1x1x1x1 = (jnp.arange(cache.shape[0]) >= t_end)[:, None, None, None, None, None]
+    column = jnp.where(above_Tx1x1x1x1x1, x.astype(cache.dtype)[None, None], column)
+    return jax.lax.dynamic_update_slice_in_dim(cache, column, position, axis=3)
+  return fill(cache_k, k_Bx1xHxK), fill(cache_v, v_Bx1xHxK)
+
+
 def _layer(net, block, x_Bx1xD, position, cache_k_BxNxHxK, cache_v_BxNxHxK):
   """One block for the new token; returns (output, its k, its v). The cache passed in must
   already hold every earlier position; the new token's own key is attended to here."""
@@ -184,13 +195,7 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
     block = net.core_blocks(model, t_end + 1)[0]
     x_Bx1xD = net.core_input(model, h_Bx1xD, h0_Bx1xD, t_end + 1)
     k, v = net.keys_values(block, x_Bx1xD, position[None])
-    column_k = jax.lax.dynamic_slice_in_dim(core_k, position, 1, axis=3)  # [T, C, B, 1, H, K]
-    column_v = jax.lax.dynamic_slice_in_dim(core_v, position, 1, axis=3)
-    above_Tx1x1x1x1x1 = (jnp.arange(max_depth) >= t_end)[:, None, None, None, None, None]
-    column_k = jnp.where(above_Tx1x1x1x1x1, k.astype(core_k.dtype)[None, None], column_k)
-    column_v = jnp.where(above_Tx1x1x1x1x1, v.astype(core_v.dtype)[None, None], column_v)
-    core_k = jax.lax.dynamic_update_slice_in_dim(core_k, column_k, position, axis=3)
-    core_v = jax.lax.dynamic_update_slice_in_dim(core_v, column_v, position, axis=3)
+    core_k, core_v = _fill_levels_above(core_k, core_v, t_end, position, k, v)
   else:
     def refresh(t, kv):
       return iteration(t, h_Bx1xD, *kv)[1:]
@@ -199,13 +204,7 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
   if decider.reads_readout:  # the frozen token's readout levels above t_end
     if cfg.coda_layers == 1:  # its coda keys/values depend on its own state alone
       k, v = net.keys_values(net.coda_blocks(model)[0], h_Bx1xD, position[None])
-      column_k = jax.lax.dynamic_slice_in_dim(readout_k, position, 1, axis=3)
-      column_v = jax.lax.dynamic_slice_in_dim(readout_v, position, 1, axis=3)
-      above_Tx1x1x1x1x1 = (jnp.arange(max_depth) >= t_end)[:, None, None, None, None, None]
-      column_k = jnp.where(above_Tx1x1x1x1x1, k.astype(readout_k.dtype)[None, None], column_k)
-      column_v = jnp.where(above_Tx1x1x1x1x1, v.astype(readout_v.dtype)[None, None], column_v)
-      readout_k = jax.lax.dynamic_update_slice_in_dim(readout_k, column_k, position, axis=3)
-      readout_v = jax.lax.dynamic_update_slice_in_dim(readout_v, column_v, position, axis=3)
+      readout_k, readout_v = _fill_levels_above(readout_k, readout_v, t_end, position, k, v)
     elif cfg.coda_layers > 1:  # deeper coda keys depend on what earlier tokens show per level
       readout_k, readout_v = jax.lax.fori_loop(
           t_end + 1, max_depth + 1,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import ALL_DECIDERS
+from conftest import PROTOCOL_CASES
 from test_recurrence import _spread_halting
 from test_train import small_config
 
@@ -65,7 +65,7 @@ def _assert_same_as_evaluation(tr, anira, params, batch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('decider', ALL_DECIDERS)
+@pytest.mark.parametrize('decider', PROTOCOL_CASES)
 def test_load_trace_round_trip_matches_evaluation(trained, decider):
   workdir = trained(decider)
   run = inspect.load(workdir)

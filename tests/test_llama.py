@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import test_compaction
 import test_decoding
-from conftest import ALL_DECIDERS, decides_per_token, tiny_anira, tiny_model
+from conftest import PROTOCOL_CASES, decides_per_token, tiny_anira, tiny_model
 from test_recurrence import _per_token_reference, _spread_halting
 
 from anira_jax import recurrence
@@ -104,11 +104,11 @@ def test_grouped_query_attention_kernel_and_plain_jax(groups):
   assert grad.shape == k.shape and np.all(np.abs(grad).sum(axis=(0, 1, 3)) > 0)
 
 
-# Zero-shot exit thresholds at which the tiny Llama's tokens stop at different depths.
-LLAMA_THRESHOLDS = {'confidence': 0.1, 'convergence': 0.003, 'fixed_point': 1.0}
+# The confidence exit's threshold at which the tiny Llama's tokens stop at different depths.
+LLAMA_THRESHOLDS = {'confidence': 0.1}
 
 
-@pytest.mark.parametrize('name', ALL_DECIDERS)
+@pytest.mark.parametrize('name', PROTOCOL_CASES)
 def test_unroll_loop_compaction_and_decoding_agree(name):
   """Training unroll == inference loop == compacted inference == KV-cache decoding."""
   threshold = {'threshold': LLAMA_THRESHOLDS[name]} if name in LLAMA_THRESHOLDS else {}
