@@ -325,16 +325,18 @@ class Run:
 
   def generate_split(self, split_or_sizes, rule: str | None = None,
                      threshold: float | None = None, max_depth: int | None = None,
-                     num_batches: int | None = None, batch_size: int | None = None
-                     ) -> tuple[Trace, dict[str, np.ndarray]]:
+                     num_batches: int | None = None, batch_size: int | None = None,
+                     decider: str | None = None) -> tuple[Trace, dict[str, np.ndarray]]:
     """For a task graded by generation (BREVO): every row of a split (or sizes) generated
     greedily after its prompt, as a Trace of the generated answers, and the task's verdicts
-    per row (`generation.generate_trace`)."""
+    per row (`generation.generate_trace`), with the trained decider or another (`model`)."""
     if not isinstance(self.task, tasks.Generative):
       raise ValueError(f'task {self.task.name!r} is scored token by token, not by generation; '
                        'use trace_split')
-    return evaluation.generation_traces(self.model(rule, threshold), self.params, self.task,
-                                        self.batches(split_or_sizes, num_batches, batch_size),
+    anira = self.model(rule, threshold, decider)
+    max_depth = None if max_depth is None else self._depth(max_depth)
+    batches = self.batches(split_or_sizes, num_batches, batch_size, max_depth=max_depth)
+    return evaluation.generation_traces(anira, self.params_for(anira), self.task, batches,
                                         max_depth)
 
   def evaluate(self, split_or_sizes, rule: str | None = None, threshold: float | None = None,

@@ -16,11 +16,12 @@ from conftest import PROTOCOL_CASES
 from test_recurrence import _spread_halting
 from test_train import small_config
 
-from anira_jax import checkpoint, deciders, evaluation, inspect
+from anira_jax import checkpoint, deciders, evaluation, experiment, inspect
 from anira_jax.analysis import run as analysis_run
 from anira_jax.analysis import study as study_lib
 from anira_jax.deciders import act, base
 from anira_jax.training import loop
+from experiments import brevo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 D = 3
@@ -270,3 +271,27 @@ def test_analyze_command_line_reports_a_bad_workdir(tmp_path):
   assert proc.stderr.strip().splitlines()[-1] == (
       f'error: {tmp_path} is not a workdir (it has no checkpoints/ directory); '
       f'{inspect._EXPECTED}')
+
+
+def test_generate_split_is_evaluations_generation_and_checks_its_arguments(tmp_path):
+  """A run graded by generation (BREVO, untrained): `generate_split` gives what evaluation's
+  generation gives on the same batches, with the trained decider or a zero-shot exit in its
+  place; a bad depth is refused."""
+  config = brevo.get_config('quick')
+  config.model.update(width=16, mlp_ratio=2, max_depth=D)
+  config.decider.name = 'early'
+  config.decider.early.update(init_depth_bias=0.0, head_hidden=8)
+  exp = experiment.build(config)
+  run = inspect.Run(experiment=exp, params=exp.anira.init(jax.random.key(0)), step=0,
+                    workdir=tmp_path)
+  counts = dict(num_batches=1, batch_size=4)
+  trace, verdicts = run.generate_split('held_out', **counts)
+  ref_trace, ref_verdicts = evaluation.generation_traces(
+      exp.anira, run.params, exp.task, run.batches('held_out', **counts))
+  np.testing.assert_array_equal(trace.tokens, ref_trace.tokens)
+  np.testing.assert_array_equal(trace.depth, ref_trace.depth)
+  assert verdicts.keys() == ref_verdicts.keys() and len(verdicts['valid_order']) == 4
+  exit_trace, _ = run.generate_split('held_out', decider='fixed', max_depth=2, **counts)
+  assert set(np.unique(exit_trace.depth[exit_trace.loss_mask])) == {2}
+  with pytest.raises(ValueError, match='max_depth=0 must be an integer >= 1'):
+    run.generate_split('held_out', max_depth=0, **counts)
