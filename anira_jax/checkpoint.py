@@ -72,7 +72,9 @@ def checksums(state) -> dict[str, int]:
   paths, leaves = zip(*jax.tree_util.tree_flatten_with_path(state)[0])
   values = _checksums(tuple(leaves))
   if jax.process_count() > 1:
-    values = multihost_utils.process_allgather(values)  # global scalars, read on every process
+    # Global scalars (replicated over every process's devices) are read where they are; a
+    # scalar only one process holds comes back once per process, and process 0's is taken.
+    values = [np.ravel(v)[0] for v in multihost_utils.process_allgather(values, tiled=True)]
   return {jax.tree_util.keystr(p): int(v) for p, v in zip(paths, jax.device_get(values))}
 
 
