@@ -252,7 +252,7 @@ def main(argv):
   model = ModelConfig(vocab_size=32, width=64 if quick else _WIDTH.value,
                       num_heads=_HEADS.value, mlp_ratio=4, max_depth=_DEPTH.value,
                       core_layers=_CORE_LAYERS.value)
-  lengths = [128, 256] if quick else [int(x) for x in _LENGTHS.value]
+  lengths = [256] if quick else [int(x) for x in _LENGTHS.value]
   repeats = 2 if quick else _REPEATS.value
   tokens_per_batch = 2048 if quick else _TOKENS.value
   print(f'{jax.devices()[0].platform} x{jax.device_count()}, jax {jax.__version__}; '

@@ -58,7 +58,7 @@ _MESH_SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.mark.parametrize('decider', ['fixed', 'online'])
+@pytest.mark.parametrize('decider', ['online'])
 def test_sharded_training_matches_one_device(decider):
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
          'PYTHONPATH': str(REPO)}
@@ -192,6 +192,8 @@ def test_sigterm_then_sigkill_then_resume_reproduces_an_uninterrupted_run(tmp_pa
   third = subprocess.run(_launch(run, *args), cwd=REPO, capture_output=True, text=True,
                          timeout=600)
   assert third.returncode == 0, third.stderr[-3000:]
+  # The killed run's lock was left behind; the rerun takes it over.
+  assert f'note: took over the stale lock of pid {second.pid}' in third.stderr
   resumed_at = int(third.stdout.split('Resuming from checkpoint step ')[1].split()[0])
   assert resumed_at > saved
 

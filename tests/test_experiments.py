@@ -101,11 +101,14 @@ def test_paper_depths_and_sizes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('scale', PAPER_SIZES)
-@pytest.mark.parametrize('name,module', TASK_EXPERIMENTS.items())
+@pytest.mark.parametrize('name,module,scale', [
+    *((name, module, 'paper') for name, module in TASK_EXPERIMENTS.items()),
+    ('mano', TASK_EXPERIMENTS['mano'], 'paper_large')])
 def test_paper_presets_train_on_cpu(name, module, scale):
-  """Two train steps of each preset (its model and sequences) at a batch of one, in float32:
-  XLA:CPU emulates the bfloat16 matmuls meant for accelerators, at many times the cost."""
+  """Two train steps of each task's paper preset (its model and sequences) at a batch of one,
+  in float32: XLA:CPU emulates the bfloat16 matmuls meant for accelerators, at many times the
+  cost. The large model differs only in its sizes (built for every task by
+  `test_paper_presets_are_the_papers_models`), so one task trains it."""
   config = module.get_config(f'scale={scale}')
   config.model.dtype = 'float32'
   exp = experiment.build(config)

@@ -275,7 +275,7 @@ def test_analyze_command_line_reports_a_bad_workdir(tmp_path):
 
 def test_generate_split_is_evaluations_generation_and_checks_its_arguments(tmp_path):
   """A run graded by generation (BREVO, untrained): `generate_split` gives what evaluation's
-  generation gives on the same batches, with the trained decider or a zero-shot exit in its
+  generation gives on the same batches, with the trained decider or one without parameters in its
   place; a bad depth is refused."""
   config = brevo.get_config('quick')
   config.model.update(width=16, mlp_ratio=2, max_depth=D)

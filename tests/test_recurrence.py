@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ALL_DECIDERS, tiny_anira, tiny_model
+from conftest import ALL_DECIDERS, PROTOCOL_CASES, tiny_anira, tiny_model
 
 from anira_jax import recurrence
 from anira_jax.deciders import Context
@@ -36,7 +36,9 @@ class UnrollLoopTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   @pytest.mark.filterwarnings('ignore')
   def test_same_logits_depths_and_q_for_every_decider(self):
-    for name in ALL_DECIDERS:
+    # Jitted: every decider. Eager (op by op, many times slower): one per protocol path.
+    jitted = self.variant.type == chex.ChexVariantType.WITH_JIT
+    for name in ALL_DECIDERS if jitted else PROTOCOL_CASES:
       for train in (False, True):
         anira, params, tokens, complexity = _setup(name)
         params = _spread_halting(anira, params)
