@@ -67,3 +67,11 @@ def assert_same_on_real_tokens(out, ref, tokens, *, atol_logits: float, atol_q: 
                                 np.asarray(ref.trajectory.depth_BxL)[valid])
   np.testing.assert_allclose(np.asarray(out.trajectory.decision.q_BxLxT)[valid],
                              np.asarray(ref.trajectory.decision.q_BxLxT)[valid], atol=atol_q)
+
+
+def assert_one_line(excinfo, *fragments) -> None:
+  """The raised error's message is one line and holds every fragment."""
+  message = str(excinfo.value)
+  assert '\n' not in message, message
+  for fragment in fragments:
+    assert str(fragment) in message, message

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import PROTOCOL_CASES
+from conftest import PROTOCOL_CASES, assert_one_line
 from test_recurrence import _spread_halting
 from test_train import small_config
 
@@ -201,29 +201,22 @@ def test_study_records_of_a_run(trained):
 
 # --- errors -------------------------------------------------------------------------------
 
-def _one_line(excinfo, *fragments):
-  message = str(excinfo.value)
-  assert '\n' not in message, message
-  for fragment in fragments:
-    assert str(fragment) in message, message
-
-
 def test_missing_path_and_plain_directories_give_one_line_errors(tmp_path):
   with pytest.raises(checkpoint.CheckpointError) as e:
     inspect.load(tmp_path / 'nowhere')
-  _one_line(e, tmp_path / 'nowhere', 'does not exist', 'expected a training workdir')
+  assert_one_line(e, tmp_path / 'nowhere', 'does not exist', 'expected a training workdir')
   (tmp_path / 'plain').mkdir()
   (tmp_path / 'plain' / 'notes.txt').write_text('hello')
   with pytest.raises(checkpoint.CheckpointError) as e:
     inspect.load(tmp_path / 'plain')
-  _one_line(e, tmp_path / 'plain', 'is not a workdir', 'checkpoints/')
+  assert_one_line(e, tmp_path / 'plain', 'is not a workdir', 'checkpoints/')
   with pytest.raises(checkpoint.CheckpointError) as e:
     inspect.load(tmp_path / 'plain' / 'notes.txt')
-  _one_line(e, 'notes.txt', 'is a file')
+  assert_one_line(e, 'notes.txt', 'is a file')
   (tmp_path / 'empty' / 'checkpoints').mkdir(parents=True)
   with pytest.raises(checkpoint.CheckpointError) as e:
     inspect.load(tmp_path / 'empty')
-  _one_line(e, tmp_path / 'empty' / 'checkpoints', 'holds no complete checkpoint')
+  assert_one_line(e, tmp_path / 'empty' / 'checkpoints', 'holds no complete checkpoint')
 
 
 def test_corrupt_checkpoint_gives_one_line_error(trained, tmp_path):
@@ -234,7 +227,7 @@ def test_corrupt_checkpoint_gives_one_line_error(trained, tmp_path):
       f.write_bytes(b'not a checkpoint')
   with pytest.raises(checkpoint.CheckpointError) as e:
     inspect.load(workdir)
-  _one_line(e, f'checkpoint step 2 in {workdir}/checkpoints cannot be restored',
+  assert_one_line(e, f'checkpoint step 2 in {workdir}/checkpoints cannot be restored',
             'no older checkpoint there passes either')
 
 
@@ -260,7 +253,7 @@ def test_bad_arguments_are_refused_with_one_line(trained):
   for call, fragment in cases:
     with pytest.raises(ValueError) as e:
       call()
-    _one_line(e, fragment)
+    assert_one_line(e, fragment)
 
 
 def test_analyze_command_line_reports_a_bad_workdir(tmp_path):

@@ -12,10 +12,8 @@ import pytest
 import test_compaction
 import test_decoding
 from conftest import PROTOCOL_CASES, decides_per_token, tiny_anira, tiny_model
-from test_recurrence import _per_token_reference, _spread_halting
+from test_recurrence import _assert_unroll_is_per_token_reference, _spread_halting
 
-from anira_jax import recurrence
-from anira_jax.deciders import Context
 from anira_jax.model import layers, llama
 
 LLAMA3_SCALING = json.dumps({'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0,
@@ -147,14 +145,7 @@ def test_freezing_matches_independent_per_token_reference():
   anira = tiny_anira('oracle', tiny_llama())
   params = _params(anira)
   tokens = jax.random.randint(jax.random.key(1), (7,), 1, 13)
-  depths = np.array([4, 1, 3, 2, 4, 1, 2])
-  ctx = Context(train=False, key=None, complexity_BxL=jnp.asarray(depths - 1.0)[None],
-                max_depth=4)
-  h0 = anira.network.embed(params['model'], tokens[None])
-  trajectory = recurrence.unroll(anira.network, anira.decider, params, h0, ctx)
-  np.testing.assert_array_equal(trajectory.depth_BxL[0], depths)
-  expected = _per_token_reference(anira, params, tokens, depths)
-  np.testing.assert_allclose(trajectory.state_BxLxD[0], expected, atol=2e-5)
+  _assert_unroll_is_per_token_reference(anira, params, tokens, np.array([4, 1, 3, 2, 4, 1, 2]))
 
 
 def test_causality_and_gradients():

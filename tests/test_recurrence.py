@@ -110,12 +110,18 @@ def test_freezing_matches_independent_per_token_reference(kind):
   anira, params, tokens, _ = _setup(name, kind=kind)
   tokens = tokens[0]
   depths = np.array([4, 1, 3, 2, 4, 1, 2]) if kind == 'recurrent' else np.full(7, 4)
-  ctx = Context(train=False, key=None, complexity_BxL=jnp.asarray(depths - 1.0)[None],
+  _assert_unroll_is_per_token_reference(anira, params, tokens, depths)
+
+
+def _assert_unroll_is_per_token_reference(anira, params, tokens_L, depths_L):
+  """The training unroll, each token at its given depth (the oracle reads them as complexity
+  d - 1 with c_max 3, D = 4), ends in the states of `_per_token_reference`."""
+  ctx = Context(train=False, key=None, complexity_BxL=jnp.asarray(depths_L - 1.0)[None],
                 max_depth=4)
-  h0 = anira.network.embed(params['model'], tokens[None])
+  h0 = anira.network.embed(params['model'], tokens_L[None])
   trajectory = recurrence.unroll(anira.network, anira.decider, params, h0, ctx)
-  np.testing.assert_array_equal(trajectory.depth_BxL[0], depths)
-  expected = _per_token_reference(anira, params, tokens, depths)
+  np.testing.assert_array_equal(trajectory.depth_BxL[0], depths_L)
+  expected = _per_token_reference(anira, params, tokens_L, depths_L)
   np.testing.assert_allclose(trajectory.state_BxLxD[0], expected, atol=2e-5)
 
 

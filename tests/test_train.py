@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_one_line
 
 import tasks
 from anira_jax import checkpoint, evaluation, experiment, inspect, recurrence
@@ -130,13 +131,6 @@ def _steps(workdir) -> list[int]:
   return [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()]
 
 
-def _one_line(excinfo, *fragments):
-  message = str(excinfo.value)
-  assert '\n' not in message, message
-  for fragment in fragments:
-    assert str(fragment) in message, message
-
-
 def test_resume_after_a_crash_logs_every_step_once(interrupted, tmp_path, capsys):
   run = shutil.copytree(interrupted, tmp_path / 'run')
   assert _steps(run) == [2, 4, 6, 8, 10]
@@ -158,7 +152,7 @@ def test_resume_refuses_a_changed_config_before_writing_anything(interrupted, tm
   config.train.steps = 20  # may change on resume: not named
   with pytest.raises(ConfigError) as e:
     loop.train_and_evaluate(config, run)
-  _one_line(e, named, f'the run in {run}', 'checkpoint step 8', '--allow_config_change')
+  assert_one_line(e, named, f'the run in {run}', 'checkpoint step 8', '--allow_config_change')
   assert 'train.steps' not in str(e.value)
   assert {p: p.read_bytes() for p in run.rglob('*') if p.is_file()} == before
 
@@ -190,7 +184,7 @@ def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_restored(interrup
 
   with pytest.raises(checkpoint.CheckpointError) as e:
     inspect.load(run)
-  _one_line(e, f'checkpoint step 8 in {run}/checkpoints is corrupt', 'differ from the checksums',
+  assert_one_line(e, f'checkpoint step 8 in {run}/checkpoints is corrupt', 'differ from the checksums',
             'the newest checkpoint that passes is step 4')
 
   loop.train_and_evaluate(_interrupted_config(), run)
@@ -211,7 +205,7 @@ def test_unreadable_checkpoints_give_one_line_naming_each_step(interrupted, tmp_
         f.write_bytes(b'not a checkpoint')
   with pytest.raises(checkpoint.CheckpointError) as e:
     loop.train_and_evaluate(_interrupted_config(), run)
-  _one_line(e, f'no checkpoint in {run}/checkpoints can be restored',
+  assert_one_line(e, f'no checkpoint in {run}/checkpoints can be restored',
             'checkpoint step 8 in', 'checkpoint step 4 in', 'cannot be restored')
   assert not (run / checkpoint.REJECTED_DIR).exists()  # nothing set aside when none passes
 
@@ -247,7 +241,7 @@ def test_a_non_finite_loss_stops_the_run_within_a_few_steps(tmp_path, monkeypatc
   with pytest.raises(loop.NonFiniteLossError) as e:
     loop.train_and_evaluate(config, tmp_path)
   assert e.value.step == 7 and e.value.stopped_at <= 7 + loop.NON_FINITE_LAG
-  _one_line(e, 'non-finite loss or gradient at step 7', 'no checkpoint was written')
+  assert_one_line(e, 'non-finite loss or gradient at step 7', 'no checkpoint was written')
   assert not list((tmp_path / 'checkpoints').iterdir())
 
 

@@ -10,17 +10,11 @@ import sys
 import time
 
 import pytest
+from conftest import assert_one_line
 
 from anira_jax import reporting, workdir
 from anira_jax.options import ConfigError
 from experiments import parity
-
-
-def _one_line(excinfo, *fragments):
-  message = str(excinfo.value)
-  assert '\n' not in message, message
-  for fragment in fragments:
-    assert str(fragment) in message, message
 
 
 def test_a_held_workdir_refuses_a_second_claim_naming_its_owner(tmp_path):
@@ -29,7 +23,7 @@ def test_a_held_workdir_refuses_a_second_claim_naming_its_owner(tmp_path):
   assert record['pid'] == os.getpid()
   with pytest.raises(workdir.WorkdirError) as e:
     workdir.claim(tmp_path / 'run')
-  _one_line(e, 'is in use by', f'pid {os.getpid()}', f'host {record["host"]}', 'another --workdir')
+  assert_one_line(e, 'is in use by', f'pid {os.getpid()}', f'host {record["host"]}', 'another --workdir')
   lock.release()
   assert not (tmp_path / 'run' / workdir.LOCK_FILE).exists()
   with workdir.claim(tmp_path / 'run'):  # free again
@@ -64,7 +58,7 @@ def test_a_lock_from_another_host_holds_until_its_lease_runs_out(tmp_path):
   _write_lock(tmp_path, host='elsewhere', boot_id='other', pid=4242)
   with pytest.raises(workdir.WorkdirError) as e:
     workdir.claim(tmp_path)
-  _one_line(e, 'pid 4242 on host elsewhere')
+  assert_one_line(e, 'pid 4242 on host elsewhere')
   old = time.time() - workdir.LEASE_SECONDS - 60
   os.utime(tmp_path / workdir.LOCK_FILE, (old, old))
   with workdir.claim(tmp_path) as lock:
@@ -84,7 +78,7 @@ def test_a_workdir_that_is_a_file_or_read_only_is_one_line(tmp_path, monkeypatch
   (tmp_path / 'file').write_text('x')
   with pytest.raises(workdir.WorkdirError) as e:
     workdir.claim(tmp_path / 'file')
-  _one_line(e, tmp_path / 'file', 'is a file, not a directory')
+  assert_one_line(e, tmp_path / 'file', 'is a file, not a directory')
 
   def read_only(path, *args, **kwargs):
     raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
@@ -92,7 +86,7 @@ def test_a_workdir_that_is_a_file_or_read_only_is_one_line(tmp_path, monkeypatch
   monkeypatch.setattr(os, 'open', read_only)
   with pytest.raises(workdir.WorkdirError) as e:
     workdir.claim(tmp_path / 'run')
-  _one_line(e, 'cannot write in the workdir', tmp_path / 'run', 'Read-only file system')
+  assert_one_line(e, 'cannot write in the workdir', tmp_path / 'run', 'Read-only file system')
 
 
 def _changed(**fields):
@@ -115,7 +109,7 @@ def test_resume_accepts_the_resumable_fields_and_names_every_other_change():
   changes = workdir.config_changes(stored, changed)
   with pytest.raises(ConfigError) as e:
     workdir.check_resume(changes, 100, '/runs/x')
-  _one_line(e, '/runs/x', 'step 100', 'train.learning_rate=1000000.0 (was 0.001)',
+  assert_one_line(e, '/runs/x', 'step 100', 'train.learning_rate=1000000.0 (was 0.001)',
             'model.width=32 (was 64)', '--allow_config_change')
   assert 'train.steps' not in str(e.value)
   workdir.check_resume(changes, 100, '/runs/x', allow=True)
