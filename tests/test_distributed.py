@@ -18,6 +18,11 @@ from test_train import REPO, _config_from_args, _launch, _losses
 from anira_jax import inspect
 from anira_jax.training import loop
 
+# The scripts below import the tests' helpers (test_train, which imports conftest) as top-level
+# modules, the way pytest puts them on the path.
+_EIGHT_DEVICE_ENV = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+                     'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'tests')])}
+
 # Runs in a fresh process with 8 simulated CPU devices; prints {mesh: losses}.
 _MESH_SCRIPT = textwrap.dedent('''
     import json, sys
@@ -25,7 +30,7 @@ _MESH_SCRIPT = textwrap.dedent('''
     from anira_jax import evaluation, experiment, sharding, train_state as state_lib
     from anira_jax.training import loop
     import tasks
-    from tests.test_train import small_config
+    from test_train import small_config
 
     decider = sys.argv[1]
     results = {}
@@ -60,8 +65,7 @@ _MESH_SCRIPT = textwrap.dedent('''
 
 @pytest.mark.parametrize('decider', ['online'])
 def test_sharded_training_matches_one_device(decider):
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-         'PYTHONPATH': str(REPO)}
+  env = _EIGHT_DEVICE_ENV
   result = subprocess.run([sys.executable, '-c', _MESH_SCRIPT, decider], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -81,7 +85,7 @@ _EVAL_SCRIPT = textwrap.dedent('''
     import jax
     from anira_jax import evaluation, experiment, sharding
     import tasks
-    from tests.test_train import small_config
+    from test_train import small_config
 
     config = small_config()
     config.decider.name, config.decider.online.rule = 'online', 'sample'  # random draws
@@ -106,8 +110,7 @@ _EVAL_SCRIPT = textwrap.dedent('''
 def test_evaluation_splits_rows_over_devices_with_the_same_results():
   """Each device evaluates its share of a batch (padded from 12 rows to 16); the results, random
   halting draws included, equal one device's and those without a mesh."""
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-         'PYTHONPATH': str(REPO)}
+  env = _EIGHT_DEVICE_ENV
   result = subprocess.run([sys.executable, '-c', _EVAL_SCRIPT], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
