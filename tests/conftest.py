@@ -1,5 +1,10 @@
 """Test-wide settings: fail on implicit rank promotion, reuse freed host memory as launch.py does,
-and tiny shared models. Tests that cover every decider parametrise over `deciders.DECIDERS`."""
+share compiled programs across the run, and tiny shared models. Tests that cover every decider
+parametrise over `deciders.DECIDERS`."""
+
+import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -7,12 +12,50 @@ import numpy as np
 from anira_jax import host_memory
 
 jax.config.update('jax_numpy_rank_promotion', 'raise')
+# The tests' programs are small and mostly run a few times: LLVM's optimisations would take half
+# of their compile time and save less than they cost (a tiny train step: 7 s to compile at the
+# default level, 3.5 s here, 10 ms -> 24 ms a step). Results differ from the default level's by
+# float rounding at most (no fast-math either way), which the tolerances allow.
+_FAST_COMPILE = '--xla_backend_optimization_level=0'
+if _FAST_COMPILE not in os.environ.get('XLA_FLAGS', ''):  # xdist workers inherit it
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 host_memory.reuse_freed_memory()  # before the first computation creates JAX's CPU client
 
 from anira_jax import deciders, options  # noqa: E402
 from anira_jax.anira import Anira  # noqa: E402
 from anira_jax.deciders import base, stopping  # noqa: E402
 from anira_jax.model.config import ModelConfig  # noqa: E402
+
+# One on-disk compilation cache for the whole run. Both xdist workers and every process a test
+# starts (launch.py runs, the eight-device scripts) inherit it through the environment, so a program
+# compiled once (the parity train step, the small configs' evaluation steps) is read back elsewhere
+# instead of compiled again. Each run starts with an empty cache and removes it at the end; a cache
+# the caller set up is used as it is.
+_CACHE_DIR = 'JAX_COMPILATION_CACHE_DIR'
+_CACHE_MIN_SECONDS = 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'
+_OWN_CACHE = '_ANIRA_TEST_OWNS_XLA_CACHE'
+
+
+def pytest_configure(config):
+  if hasattr(config, 'workerinput') or os.environ.get(_CACHE_DIR):
+    return  # an xdist worker (its controller set the cache up), or the caller's own cache
+  cache = tempfile.mkdtemp(prefix='anira_jax_test_xla_')
+  os.environ.update({_CACHE_DIR: cache, _CACHE_MIN_SECONDS: '0.2', _OWN_CACHE: cache})
+  jax.config.update('jax_compilation_cache_dir', cache)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+
+
+def pytest_unconfigure(config):
+  if not hasattr(config, 'workerinput') and os.environ.get(_OWN_CACHE):
+    shutil.rmtree(os.environ.pop(_OWN_CACHE), ignore_errors=True)
+
+
+def eight_device_env(**extra: str) -> dict[str, str]:
+  """The environment of a test's subprocess that simulates 8 CPU devices, with this run's XLA
+  flags and compilation cache."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
+  return {**os.environ, 'XLA_FLAGS': flags, **extra}
+
 
 ALL_DECIDERS = tuple(sorted(deciders.DECIDERS))
 # One decider per way of running the protocol, for the costlier tests beyond the ANIRA family's

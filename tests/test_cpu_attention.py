@@ -128,23 +128,25 @@ def test_model_logits_and_gradients_equal_plain_jax(kernel, monkeypatch):
   anira = tiny_anira('online', tiny_model(width=32, num_heads=2))
   params = _spread_halting(anira, anira.init(jax.random.key(0)))
   tokens = jax.random.randint(jax.random.key(1), (3, 40), 1, 5).at[2, 30:].set(0)
-  compact = lambda: compaction.run_compacted(anira, params, tokens, buckets=(30, 60))
-  assert int(compact().work.compacted_iterations) > 0, 'compaction never ran: test too weak'
-  assert 'anira_ragged_attention_forward' in str(jax.make_jaxpr(compact)())
 
-  def run():
-    loop = anira.apply(params, tokens, train=False, path='loop').logits_BxLxV
-    compacted = compact()
+  def run(kernel_expected):
+    # New functions at every call: jit would reuse a trace made with the kernel on.
+    compact = lambda: compaction.run_compacted(anira, params, tokens, buckets=(30, 60))
+    loop = lambda: anira.apply(params, tokens, train=False, path='loop').logits_BxLxV
+    in_jaxpr = 'anira_ragged_attention_forward' in str(jax.make_jaxpr(compact)())
+    assert in_jaxpr == kernel_expected
+    compacted = jax.jit(compact)()
+    assert int(compacted.work.compacted_iterations) > 0, 'compaction never ran: test too weak'
     grads, _ = jax.jit(fn)(*args)
-    return loop, compacted.logits_BxLxV, grads
+    return jax.jit(loop)(), compacted.logits_BxLxV, grads
 
   fn, args = _gradients_with('online', sizes=(12, 16))
   assert 'anira_attention_forward' in str(jax.make_jaxpr(fn)(*args))
-  with_kernel = run()
+  with_kernel = run(kernel_expected=True)
   monkeypatch.setattr(cpu_attention, 'supports', lambda *_: False)
   fn, args = _gradients_with('online', sizes=(12, 16))
   assert 'anira_attention_forward' not in str(jax.make_jaxpr(fn)(*args))
-  plain = run()
+  plain = run(kernel_expected=False)
   valid = np.asarray(tokens != 0)
   for got, want in zip(with_kernel[:2], plain[:2]):
     np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)

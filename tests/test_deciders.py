@@ -152,7 +152,8 @@ def test_ponder_trains_on_q_weighted_step_losses_without_halting():
   tokens = jax.random.randint(jax.random.key(1), (2, 5), 1, 5)
   batch = dict(tokens=tokens, targets=(tokens + 1) % 5, loss_mask=jnp.ones((2, 5), bool),
                complexity=jnp.zeros((2, 5)))
-  _, metrics = step.gradients(params, batch, jax.random.key(2), anira=anira)
+  _, metrics = jax.jit(functools.partial(step.gradients, anira=anira))(params, batch,
+                                                                    jax.random.key(2))
   assert float(metrics['mean_depth']) == D  # training never halts early
   full_depth = tiny_anira('fixed', tiny_model(max_depth=D))
   out = full_depth.apply({'model': params['model'], 'decider': {}}, tokens, train=False,

@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import eight_device_env
 from test_train import REPO, _config_from_args, _launch, _losses
 
 from anira_jax import inspect
@@ -20,8 +21,7 @@ from anira_jax.training import loop
 
 # The scripts below import the tests' helpers (test_train, which imports conftest) as top-level
 # modules, the way pytest puts them on the path.
-_EIGHT_DEVICE_ENV = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-                     'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'tests')])}
+_SCRIPT_PATH = os.pathsep.join([str(REPO), str(REPO / 'tests')])
 
 # Runs in a fresh process with 8 simulated CPU devices; prints {mesh: losses}.
 _MESH_SCRIPT = textwrap.dedent('''
@@ -65,7 +65,7 @@ _MESH_SCRIPT = textwrap.dedent('''
 
 @pytest.mark.parametrize('decider', ['online'])
 def test_sharded_training_matches_one_device(decider):
-  env = _EIGHT_DEVICE_ENV
+  env = eight_device_env(PYTHONPATH=_SCRIPT_PATH)
   result = subprocess.run([sys.executable, '-c', _MESH_SCRIPT, decider], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -110,7 +110,7 @@ _EVAL_SCRIPT = textwrap.dedent('''
 def test_evaluation_splits_rows_over_devices_with_the_same_results():
   """Each device evaluates its share of a batch (padded from 12 rows to 16); the results, random
   halting draws included, equal one device's and those without a mesh."""
-  env = _EIGHT_DEVICE_ENV
+  env = eight_device_env(PYTHONPATH=_SCRIPT_PATH)
   result = subprocess.run([sys.executable, '-c', _EVAL_SCRIPT], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -67,8 +67,8 @@ def test_random_depth_stops_tokens_at_the_cap_and_changes_nothing_else():
   for name in ('fixed', 'online'):
     anira, params, off = _terms(name, Ingredients())
     _, _, on = _terms(name, opts)
-    apply = lambda cap_BxL: anira.apply(params, _batch()['tokens'], train=True,  # noqa: E731
-                                        key=jax.random.key(2), depth_cap_BxL=cap_BxL)
+    apply = jax.jit(lambda cap_BxL: anira.apply(params, _batch()['tokens'], train=True,
+                                                key=jax.random.key(2), depth_cap_BxL=cap_BxL))
     uncapped, capped = apply(None), apply(cap)
     np.testing.assert_array_equal(capped.trajectory.depth_BxL,
                                   np.minimum(uncapped.trajectory.depth_BxL, cap))

@@ -158,10 +158,10 @@ def test_causality_and_gradients():
     return jnp.sum(out.logits_BxLxV[:, 3, 1:] ** 2)
 
   changed = tokens.at[:, 4:].set(13 - tokens[:, 4:])
-  a = anira.apply(params, tokens, train=False).logits_BxLxV
-  b = anira.apply(params, changed, train=False).logits_BxLxV
+  logits = jax.jit(lambda p, t: anira.apply(p, t, train=False).logits_BxLxV)
+  a, b = logits(params, tokens), logits(params, changed)
   np.testing.assert_allclose(a[:, :4], b[:, :4], atol=1e-5)
-  grads = jax.grad(loss)(params, tokens)
+  grads = jax.jit(jax.grad(loss))(params, tokens)
   for path in (('model', 'adapter', 'kernel'), ('model', 'core', 'layer_0', 'gate', 'kernel'),
                ('model', 'embed', 'embedding'), ('decider', 'Dense_1', 'kernel')):
     leaf = grads

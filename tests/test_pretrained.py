@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import test_compaction
 import test_decoding
-from conftest import tiny_anira
+from conftest import eight_device_env, tiny_anira
 from test_recurrence import _spread_halting
 
 from anira_jax import pretrained
@@ -215,8 +215,8 @@ _SHARDED = textwrap.dedent('''
 def test_sharded_loading_and_generation_equal_one_device(tmp_path):
   path = pretrained.write_llama(tmp_path / 'llama', vocab_size=64, hidden_size=64,
                                 num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=128)
-  env = {**__import__('os').environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
-  result = subprocess.run([sys.executable, '-c', _SHARDED, str(path)], cwd=REPO, env=env,
+  result = subprocess.run([sys.executable, '-c', _SHARDED, str(path)], cwd=REPO,
+                          env=eight_device_env(),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert int(result.stdout.split()[-1]) > 10, result.stdout  # kernels, embeddings, head split
