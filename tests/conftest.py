@@ -29,8 +29,9 @@ from anira_jax.model.config import ModelConfig  # noqa: E402
 # One on-disk compilation cache for the whole run. Both xdist workers and every process a test
 # starts (launch.py runs, the eight-device scripts) inherit it through the environment, so a program
 # compiled once (the parity train step, the small configs' evaluation steps) is read back elsewhere
-# instead of compiled again. Each run starts with an empty cache and removes it at the end; a cache
-# the caller set up is used as it is.
+# instead of compiled again (an entry read while another process still writes it is, at worst, a
+# JAX warning and a fresh compile). Each run starts with an empty cache and removes it at the end;
+# a cache the caller set up is used as it is.
 _CACHE_DIR = 'JAX_COMPILATION_CACHE_DIR'
 _CACHE_MIN_SECONDS = 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'
 _OWN_CACHE = '_ANIRA_TEST_OWNS_XLA_CACHE'
