@@ -33,17 +33,18 @@ from anira_jax.model.config import ModelConfig  # noqa: E402
 # JAX warning and a fresh compile). Each run starts with an empty cache and removes it at the end;
 # a cache the caller set up is used as it is.
 _CACHE_DIR = 'JAX_COMPILATION_CACHE_DIR'
-_CACHE_MIN_SECONDS = 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'
 _OWN_CACHE = '_ANIRA_TEST_OWNS_XLA_CACHE'
+_CACHE_MIN_SECONDS = 0.2  # programs that compile faster are not worth a file
 
 
 def pytest_configure(config):
   if hasattr(config, 'workerinput') or os.environ.get(_CACHE_DIR):
     return  # an xdist worker (its controller set the cache up), or the caller's own cache
   cache = tempfile.mkdtemp(prefix='anira_jax_test_xla_')
-  os.environ.update({_CACHE_DIR: cache, _CACHE_MIN_SECONDS: '0.2', _OWN_CACHE: cache})
+  os.environ.update({_CACHE_DIR: cache, _OWN_CACHE: cache,
+                     'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': str(_CACHE_MIN_SECONDS)})
   jax.config.update('jax_compilation_cache_dir', cache)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', _CACHE_MIN_SECONDS)
 
 
 def pytest_unconfigure(config):

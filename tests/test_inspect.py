@@ -228,7 +228,7 @@ def test_corrupt_checkpoint_gives_one_line_error(trained, tmp_path):
   with pytest.raises(checkpoint.CheckpointError) as e:
     inspect.load(workdir)
   assert_one_line(e, f'checkpoint step 2 in {workdir}/checkpoints cannot be restored',
-            'no older checkpoint there passes either')
+                  'no older checkpoint there passes either')
 
 
 def test_bad_arguments_are_refused_with_one_line(trained):

@@ -184,8 +184,8 @@ def test_a_corrupt_checkpoint_is_detected_and_the_previous_one_restored(interrup
 
   with pytest.raises(checkpoint.CheckpointError) as e:
     inspect.load(run)
-  assert_one_line(e, f'checkpoint step 8 in {run}/checkpoints is corrupt', 'differ from the checksums',
-            'the newest checkpoint that passes is step 4')
+  assert_one_line(e, f'checkpoint step 8 in {run}/checkpoints is corrupt',
+                  'differ from the checksums', 'the newest checkpoint that passes is step 4')
 
   loop.train_and_evaluate(_interrupted_config(), run)
   out = capsys.readouterr()
@@ -206,7 +206,7 @@ def test_unreadable_checkpoints_give_one_line_naming_each_step(interrupted, tmp_
   with pytest.raises(checkpoint.CheckpointError) as e:
     loop.train_and_evaluate(_interrupted_config(), run)
   assert_one_line(e, f'no checkpoint in {run}/checkpoints can be restored',
-            'checkpoint step 8 in', 'checkpoint step 4 in', 'cannot be restored')
+                  'checkpoint step 8 in', 'checkpoint step 4 in', 'cannot be restored')
   assert not (run / checkpoint.REJECTED_DIR).exists()  # nothing set aside when none passes
 
 

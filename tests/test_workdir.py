@@ -23,7 +23,8 @@ def test_a_held_workdir_refuses_a_second_claim_naming_its_owner(tmp_path):
   assert record['pid'] == os.getpid()
   with pytest.raises(workdir.WorkdirError) as e:
     workdir.claim(tmp_path / 'run')
-  assert_one_line(e, 'is in use by', f'pid {os.getpid()}', f'host {record["host"]}', 'another --workdir')
+  assert_one_line(e, 'is in use by', f'pid {os.getpid()}', f'host {record["host"]}',
+                  'another --workdir')
   lock.release()
   assert not (tmp_path / 'run' / workdir.LOCK_FILE).exists()
   with workdir.claim(tmp_path / 'run'):  # free again
@@ -110,7 +111,7 @@ def test_resume_accepts_the_resumable_fields_and_names_every_other_change():
   with pytest.raises(ConfigError) as e:
     workdir.check_resume(changes, 100, '/runs/x')
   assert_one_line(e, '/runs/x', 'step 100', 'train.learning_rate=1000000.0 (was 0.001)',
-            'model.width=32 (was 64)', '--allow_config_change')
+                  'model.width=32 (was 64)', '--allow_config_change')
   assert 'train.steps' not in str(e.value)
   workdir.check_resume(changes, 100, '/runs/x', allow=True)
 
