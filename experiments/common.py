@@ -109,12 +109,13 @@ STUDY_CELLS = {'lano': ('lano', ''), 'mano': ('mano', ''),
 STUDY_DECIDERS = ('early', 'online')
 
 
-def study_config(cell: str, decider: str, seed: int) -> ml_collections.ConfigDict:
-  """The config of one study run: the cell's experiment at `scale=study`, with the decider and
-  seed."""
+def study_config(cell: str, decider: str, seed: int,
+                 scale: str = 'study') -> ml_collections.ConfigDict:
+  """The config of one study run: the cell's experiment at `scale` (the study preset unless
+  asked otherwise), with the decider and seed."""
   experiment, variant = STUDY_CELLS[cell]
   module = load_module(pathlib.Path(__file__).parent / f'{experiment}.py')
-  config = module.get_config(','.join(filter(None, ['scale=study', f'decider={decider}',
+  config = module.get_config(','.join(filter(None, [f'scale={scale}', f'decider={decider}',
                                                      variant])))
   config.seed = seed
   return config

@@ -1,15 +1,17 @@
 """The depth prior's γ and b per task, chosen on ANIRA-E as the paper chooses them.
 
     python -m experiments.select_prior --task=lano --out=workdirs/prior
+    python -m experiments.select_prior --task=lano --scale=cpu --out=workdirs/prior
 
-Trains ANIRA-E on the task's study preset (`scale=study`, seed 0) at every (γ, b) of a small
-grid, in OUT/TASK/gG_bB (finished runs are read, not retrained), and picks by validation
-accuracy and compute: the runs within `--tolerance` of the best accuracy (the task's own
-accuracy: right generated answers for BREVO, the share of the ceiling for LANO, token accuracy
-for MANO, on held-out examples of the training sizes), then the one with the least mean
-executed depth. The paper tunes (learning rate, γ, b) on ANIRA-E and reuses them unchanged for
+Trains ANIRA-E on one of the task's presets (`--scale`: the study's own, or the CPU default,
+about a quarter of its training, when nine study-length runs are too long to wait for) with
+seed 0 at every (γ, b) of a small grid, in OUT/TASK/SCALE/gG_bB (finished runs are read, not
+retrained), and picks by validation accuracy and compute: the runs within `--tolerance` of the
+best accuracy (the task's own accuracy: right generated answers for BREVO, the share of the
+ceiling for LANO, token accuracy for MANO, on held-out examples of the training sizes), then
+the one with the least mean executed depth. The paper tunes (learning rate, γ, b) on ANIRA-E and reuses them unchanged for
 ANIRA-O; the chosen pair goes into the task's config (`common.share_depth_prior`). Writes
-OUT/TASK/prior.json and prior.md.
+OUT/TASK/SCALE/prior.json and prior.md.
 """
 
 from __future__ import annotations
@@ -28,19 +30,21 @@ from anira_jax.training import loop
 from experiments import common
 
 _TASK = flags.DEFINE_enum('task', 'lano', ['lano', 'mano', 'brevo'], 'Task to tune.')
+_SCALE = flags.DEFINE_enum('scale', 'study', ['study', 'cpu'], 'Preset the grid trains.')
 _OUT = flags.DEFINE_string('out', 'workdirs/prior', 'Directory for the runs and the choice.')
 _GAMMAS = flags.DEFINE_list('gammas', ['0.003', '0.01', '0.03'], 'γ values.')
 _BASES = flags.DEFINE_list('bases', ['1.0', '1.5', '2.0'], 'b values (1 = uniform prior).')
 _TOLERANCE = flags.DEFINE_float('tolerance', 0.01, 'Accuracy within which compute decides.')
 
 
-def grid(task: str, out: pathlib.Path, gammas: list[float], bases: list[float]) -> list[dict]:
+def grid(task: str, scale: str, out: pathlib.Path, gammas: list[float],
+         bases: list[float]) -> list[dict]:
   points = []
   for gamma in gammas:
     for base in bases:
-      config = common.study_config(task, 'early', seed=0)
+      config = common.study_config(task, 'early', seed=0, scale=scale)
       common.share_depth_prior(config, gamma=gamma, prior_base=base)
-      workdir = out / task / f'g{gamma:g}_b{base:g}'
+      workdir = out / task / scale / f'g{gamma:g}_b{base:g}'
       results_path = workdir / 'results.json'
       results = (json.loads(results_path.read_text()) if results_path.exists() else None)
       if results is None or results['step'] != config.train.steps:
@@ -68,16 +72,17 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   out = pathlib.Path(_OUT.value)
   try:
-    points = grid(_TASK.value, out, [float(g) for g in _GAMMAS.value],
+    points = grid(_TASK.value, _SCALE.value, out, [float(g) for g in _GAMMAS.value],
                   [float(b) for b in _BASES.value])
   except (ConfigError, ValueError, checkpoint.CheckpointError, loop.NonFiniteLossError) as e:
     sys.exit(f'error: {e}')
   chosen = study_lib.choose_prior(points, _TOLERANCE.value)
   text = report(points, chosen)
-  (out / _TASK.value / 'prior.json').write_text(
-      json.dumps({'points': points, 'chosen': chosen, 'tolerance': _TOLERANCE.value},
-                 indent=2) + '\n')
-  (out / _TASK.value / 'prior.md').write_text(text)
+  where = out / _TASK.value / _SCALE.value
+  (where / 'prior.json').write_text(
+      json.dumps({'points': points, 'chosen': chosen, 'tolerance': _TOLERANCE.value,
+                  'scale': _SCALE.value}, indent=2) + '\n')
+  (where / 'prior.md').write_text(text)
   print(text)
 
 

@@ -10,9 +10,11 @@ and per-token records (`analysis.study.run_records`: every split at the trained 
 are saved there as records.npz, then the table pools the seeds: every figure is the mean over
 seeds with a 95% interval that resamples seeds and, within each, sequences
 (`stats.seed_bootstrap`). A verdict compares an interval with the smallest effect that matters
-(`stats.verdict`; the margins are `MARGINS`). Both deciders share the task's γ, b and learning
+(`stats.verdict`; the margins are `MARGINS`), and only for a (cell, decider) that has learned
+its task: in-distribution accuracy at least `LEARNED` of the ceiling (a model that cannot do the
+task says nothing about where it spends depth). Both deciders share the task's γ, b and learning
 rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the paper does. Writes OUT/study.md
-and OUT/study.json.
+and OUT/study.json; `--table_only` writes them from the runs finished so far, training nothing.
 """
 
 from __future__ import annotations
@@ -37,22 +39,31 @@ _CELLS = flags.DEFINE_list('cells', [], 'Only these runs, as CELL/DECIDER/SEED (
                            'lano/early/0); the table then covers what is finished.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every (cell, decider).')
 _BOOT = flags.DEFINE_integer('n_boot', 1000, 'Bootstrap draws per interval.')
+_TABLE_ONLY = flags.DEFINE_bool('table_only', False, 'Only tabulate the finished runs (those '
+                                'with records); train nothing.')
 
 CELLS, DECIDERS, config_for = common.STUDY_CELLS, common.STUDY_DECIDERS, common.study_config
 # The smallest effect that matters, per kind of figure (`stats.verdict`).
 MARGINS = {'rho': 0.1, 'accuracy': 0.02, 'depth': 0.1, 'r2': 0.02}
+# In-distribution accuracy, as a share of the task's ceiling, from which a run counts as learned.
+LEARNED = 0.95
+WITHHELD = 'withheld: not learned'
 # The paper's numbers beside ours (DESIGN.md §1).
 PAPER = {'lano_rho_expansion': {'early': 0.666, 'online': 0.456}, 'brevo_r2_size_early': 0.28}
 
 
-def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int) -> dict:
-  """Trains (or resumes, or reads) one run and returns its records."""
+def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int,
+             train: bool = True) -> dict | None:
+  """Trains (or resumes, or reads) one run and returns its records; None for an unfinished run
+  when not `train`."""
   config = config_for(cell, decider, seed)
   workdir = out / cell / decider / f'seed_{seed}'
   path = workdir / 'records.npz'
   stamp = workdir / 'records.json'
   if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == config.train.steps:
     return study_lib.load(path)
+  if not train:
+    return None
   start = time.perf_counter()
   loop.train_and_evaluate(config, workdir)
   run = inspect.load(workdir)
@@ -73,7 +84,7 @@ def cell_figures(cell: str, decider: str, runs: list[dict], n_boot: int) -> dict
   kind = study_lib.accuracy_kind(task)
   seq = [r['sequences'] for r in runs]
   boot = dict(n_boot=n_boot, keep_draws=True)
-  figures: dict = {'splits': splits, 'accuracy_kind': kind, 'max_depth': d}
+  figures: dict = {'splits': splits, 'accuracy_kind': kind, 'max_depth': d, 'seeds': len(runs)}
   for i, name in enumerate(splits):
     for depth in (d, 2 * d):
       figures[f'accuracy/{name}/T{depth}'] = stats.seed_bootstrap(
@@ -107,9 +118,16 @@ def cell_figures(cell: str, decider: str, runs: list[dict], n_boot: int) -> dict
   return figures
 
 
+def learned(f: dict) -> bool:
+  """Whether a (cell, decider)'s mean in-distribution accuracy reaches `LEARNED` of the
+  ceiling."""
+  accuracy = f[f'accuracy/in_distribution/T{f["max_depth"]}']['mean']
+  return accuracy is not None and accuracy >= LEARNED
+
+
 def verdicts(figures: dict) -> dict:
-  """The paper's findings as claims on intervals (`stats.verdict`), per cell and decider, and
-  what each verdict rests on."""
+  """The paper's findings as claims on intervals (`stats.verdict`), per cell and decider, each
+  `WITHHELD` where the decider has not learned the cell's task."""
   out = {}
   for cell, by_decider in figures.items():
     for decider, f in by_decider.items():
@@ -122,7 +140,26 @@ def verdicts(figures: dict) -> dict:
       for split in beyond:
         claims[f'more depth on {split}'] = stats.verdict(f[f'depth_rise/{split}']['ci'],
                                                         MARGINS['depth'])
+      if not learned(f):
+        claims = dict.fromkeys(claims, WITHHELD)
       out.setdefault(cell, {})[decider] = claims
+  return out
+
+
+def cue_verdicts(figures: dict) -> dict:
+  """Does a static cue change who allocates better? Per MANO cell (with and without the marker
+  naming L), ANIRA-E's alignment minus ANIRA-O's, with its verdict (E aligns better)."""
+  out = {}
+  for cell in ('mano', 'mano_no_marker'):
+    by_decider = figures.get(cell, {})
+    if set(by_decider) != set(DECIDERS):
+      continue
+    key = f'rho/{tasks_headline(cell)}'
+    e, o = by_decider['early'], by_decider['online']
+    gap = stats.difference(e[key], o[key])
+    both = learned(e) and learned(o)
+    out[cell] = {**gap, 'verdict': stats.verdict(gap['ci'], MARGINS['rho']) if both
+                 else WITHHELD}
   return out
 
 
@@ -138,17 +175,16 @@ def timing_verdicts(figures: dict) -> dict:
   if 'brevo' not in figures or set(figures['brevo']) != set(DECIDERS):
     return {}
   e, o = figures['brevo']['early'], figures['brevo']['online']
+  judge = ((lambda ci: stats.verdict(ci, MARGINS['r2'])) if learned(e) and learned(o)
+           else (lambda ci: WITHHELD))
   state = stats.difference(o['timing/groups/execution_state/added'],
                            e['timing/groups/execution_state/added'])
   static = stats.difference(e['timing/groups/static_structure/added'],
                             o['timing/groups/static_structure/added'])
   size = stats.difference(e['timing/r2_control'], o['timing/r2_control'])
-  return {'execution state: O − E': {**state, 'verdict': stats.verdict(state['ci'],
-                                                                       MARGINS['r2'])},
-          'static structure: E − O': {**static, 'verdict': stats.verdict(static['ci'],
-                                                                         MARGINS['r2'])},
-          'graph size alone: E − O': {**size, 'verdict': stats.verdict(size['ci'],
-                                                                       MARGINS['r2'])}}
+  return {'execution state: O − E': {**state, 'verdict': judge(state['ci'])},
+          'static structure: E − O': {**static, 'verdict': judge(static['ci'])},
+          'graph size alone: E − O': {**size, 'verdict': judge(size['ci'])}}
 
 
 def _ci(x: dict, digits: int = 3) -> str:
@@ -159,16 +195,19 @@ def _ci(x: dict, digits: int = 3) -> str:
                                    f' [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]')
 
 
-def table(figures: dict, verdict_table: dict, timing: dict) -> str:
-  lines = ['| cell | decider | accuracy kind | ' + ' | '.join(
+def table(figures: dict, verdict_table: dict, timing: dict, cue: dict) -> str:
+  """The study as markdown: accuracy, depth and headline alignment per (cell, decider); the
+  verdicts; alignment with every feature at the three positions; the static cue (MANO); BREVO's
+  decision timing."""
+  lines = ['| cell | decider | seeds | accuracy kind | ' + ' | '.join(
       ['acc in dist.', 'acc held-out', 'acc longer', 'acc longer at 2D', 'depth in dist.',
-       'depth longer', 'ρ(E[d], feature)']) + ' |', '|' + '---|' * 10]
+       'depth longer', 'ρ(E[d], feature)']) + ' |', '|' + '---|' * 11]
   for cell, by_decider in figures.items():
     for decider, f in by_decider.items():
       d = f['max_depth']
       get = lambda key: f.get(key, {})  # noqa: E731
       lines.append(
-          f'| {cell} | {decider} | {f["accuracy_kind"]} | '
+          f'| {cell} | {decider} | {f["seeds"]} | {f["accuracy_kind"]} | '
           f'{_ci(get(f"accuracy/in_distribution/T{d}"))} | '
           f'{_ci(get(f"accuracy/held_out/T{d}"))} | {_ci(get(f"accuracy/longer/T{d}"))} | '
           f'{_ci(get(f"accuracy/longer/T{2 * d}"))} | '
@@ -179,6 +218,17 @@ def table(figures: dict, verdict_table: dict, timing: dict) -> str:
   for cell, by_decider in verdict_table.items():
     for decider, claims in by_decider.items():
       lines += [f'| {cell} | {decider} | {claim} | {v} |' for claim, v in claims.items()]
+  lines += ['', '| cell | decider | feature | ρ at the predicted position | ρ one before | '
+            'ρ one after |', '|---|---|---|---|---|---|']
+  for cell, by_decider in figures.items():
+    for decider, f in by_decider.items():
+      for key in [k for k in f if k.startswith('rho/') and '@' not in k]:
+        lines.append(f'| {cell} | {decider} | {key[4:]} | {_ci(f[key], 2)} | '
+                     f'{_ci(f[key + "@-1"], 2)} | {_ci(f[key + "@+1"], 2)} |')
+  if cue:
+    lines += ['', '| MANO cell | ρ(ANIRA-E) − ρ(ANIRA-O) [95% CI] | E aligns better |',
+              '|---|---|---|']
+    lines += [f'| {cell} | {_ci(v, 2)} | {v["verdict"]} |' for cell, v in cue.items()]
   if timing:
     lines += ['', '| BREVO decision timing (added R²) | difference [95% CI] | verdict |',
               '|---|---|---|']
@@ -193,7 +243,10 @@ def _json(figures):
   return figures
 
 
-def run_study(out: pathlib.Path, cells: list[str], seeds: list[int], n_boot: int) -> str:
+def run_study(out: pathlib.Path, cells: list[str], seeds: list[int], n_boot: int,
+              train: bool = True) -> str:
+  """Trains (or reads) the runs, then writes the table over every (cell, decider) with a
+  finished run; with `cells`, only trains those."""
   wanted = [c.split('/') for c in cells]
   figures: dict = {}
   for cell in CELLS:
@@ -202,17 +255,19 @@ def run_study(out: pathlib.Path, cells: list[str], seeds: list[int], n_boot: int
       for seed in seeds:
         if wanted and [cell, decider, str(seed)] not in wanted:
           continue
-        runs.append(run_cell(out, cell, decider, seed))
+        runs.append(run_cell(out, cell, decider, seed, train=train))
+      runs = [r for r in runs if r is not None]
       if runs and not wanted:
         figures.setdefault(cell, {})[decider] = cell_figures(cell, decider, runs, n_boot)
   if wanted:
     return 'ran ' + ', '.join(cells)
-  verdict_table, timing = verdicts(figures), timing_verdicts(figures)
-  text = table(figures, verdict_table, timing)
+  verdict_table, timing, cue = verdicts(figures), timing_verdicts(figures), cue_verdicts(figures)
+  text = table(figures, verdict_table, timing, cue)
   out.mkdir(parents=True, exist_ok=True)
   (out / 'study.json').write_text(json.dumps(
       {'figures': _json(figures), 'verdicts': verdict_table, 'timing': _json(timing),
-       'margins': MARGINS, 'paper': PAPER}, indent=2) + '\n')
+       'cue': _json(cue), 'margins': MARGINS, 'learned': LEARNED, 'paper': PAPER},
+      indent=2) + '\n')
   (out / 'study.md').write_text(text)
   return text
 
@@ -224,7 +279,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   try:
     print(run_study(pathlib.Path(_OUT.value), _CELLS.value, [int(s) for s in _SEEDS.value],
-                    _BOOT.value))
+                    _BOOT.value, train=not _TABLE_ONLY.value))
   except (ConfigError, ValueError, checkpoint.CheckpointError, loop.NonFiniteLossError) as e:
     sys.exit(f'error: {e}')
 

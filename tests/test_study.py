@@ -11,14 +11,14 @@ from anira_jax.analysis import study as study_lib
 from experiments import study
 
 
-def _records(rng, *, acc_in=0.9, acc_longer=0.5, depth_in=2.0, depth_longer=3.0, rho=True,
+def _records(rng, *, acc_in=0.96, acc_longer=0.5, depth_in=2.0, depth_longer=3.0, rho=True,
              sequences=60):
   """One LANO run's records: three splits at D = 6 and 12, accuracies and depths as given
-  (ceiling 1 per token; the held-out split 0.05 above in distribution), depth equal to the
+  (ceiling 1 per token; the held-out split 0.03 above in distribution), depth equal to the
   parser expansion when `rho` (else noise)."""
   rows = {k: [] for k in ('split', 'max_depth', 'size', 'answer_tokens', 'correct_tokens',
                           'depth_sum', 'expected_depth_sum', 'ceiling_sum', 'sequence')}
-  for split, (acc, depth) in enumerate([(acc_in, depth_in), (acc_in + 0.05, depth_in),
+  for split, (acc, depth) in enumerate([(acc_in, depth_in), (acc_in + 0.03, depth_in),
                                         (acc_longer, depth_longer)]):
     for max_depth in (6, 12):
       for s in range(sequences):
@@ -48,13 +48,14 @@ def _records(rng, *, acc_in=0.9, acc_longer=0.5, depth_in=2.0, depth_longer=3.0,
 def test_figures_and_verdicts_of_constructed_runs():
   rng = np.random.default_rng(0)
   aligned = [_records(rng) for _ in range(3)]
-  unaligned = [_records(rng, acc_longer=0.9, depth_longer=2.0, rho=False) for _ in range(3)]
+  unaligned = [_records(rng, acc_longer=0.96, depth_longer=2.0, rho=False) for _ in range(3)]
   figures = {'lano': {'early': study.cell_figures('lano', 'early', aligned, n_boot=40),
                       'online': study.cell_figures('lano', 'online', unaligned, n_boot=40)}}
   e, o = figures['lano']['early'], figures['lano']['online']
   assert e['accuracy_kind'] == 'ceiling'
-  assert e['accuracy/in_distribution/T6']['mean'] == pytest.approx(0.9, abs=0.02)
-  assert e['drop/longer']['mean'] == pytest.approx(0.4, abs=0.03)
+  assert e['seeds'] == 3
+  assert e['accuracy/in_distribution/T6']['mean'] == pytest.approx(0.96, abs=0.02)
+  assert e['drop/longer']['mean'] == pytest.approx(0.46, abs=0.03)
   assert e['depth_rise/longer']['mean'] == pytest.approx(1.0)
   assert e['rho/parse_expansion']['mean'] > 0.95 and abs(o['rho/parse_expansion']['mean']) < 0.2
   claims = study.verdicts(figures)['lano']
@@ -62,8 +63,41 @@ def test_figures_and_verdicts_of_constructed_runs():
                              'accuracy falls on longer': 'holds', 'more depth on longer': 'holds'}
   assert claims['online']['alignment'] == 'does not hold'
   assert claims['online']['accuracy falls on longer'] == 'does not hold'
-  text = study.table(figures, study.verdicts(figures), {})
-  assert '| lano | early | ceiling | 0.9' in text and 'parse_expansion: 0.9' in text
+  text = study.table(figures, study.verdicts(figures), {}, {})
+  assert '| lano | early | 3 | ceiling | 0.96' in text and 'parse_expansion: 0.9' in text
+  # every feature at the predicted position and both neighbours: aligned only at the first
+  row = next(r for r in text.splitlines() if r.startswith('| lano | early | rules_closed |'))
+  here, before, after = (float(c.split()[0]) for c in row.split('|')[4:7])
+  assert here > 0.95 and abs(before) < 0.15 and abs(after) < 0.15
+
+
+def test_verdicts_are_withheld_where_the_task_is_not_learned():
+  rng = np.random.default_rng(2)
+  runs = [_records(rng, acc_in=0.6) for _ in range(2)]
+  figures = {'lano': {'early': study.cell_figures('lano', 'early', runs, n_boot=40)}}
+  assert not study.learned(figures['lano']['early'])
+  claims = study.verdicts(figures)['lano']['early']
+  assert set(claims.values()) == {study.WITHHELD}  # even the alignment, which is there
+
+
+def _cue_figures(rho_early, rho_online, acc_online=0.99):
+  """Just what `cue_verdicts` reads of a MANO (cell, decider): accuracy and ρ draws."""
+  rng = np.random.default_rng(3)
+  def one(rho, acc):
+    draws = list(rho + rng.normal(0, 0.02, 200))
+    return {'max_depth': 6, 'accuracy/in_distribution/T6': {'mean': acc},
+            'rho/tree_height': {'mean': rho, 'draws': draws}}
+  return {'early': one(rho_early, 0.99), 'online': one(rho_online, acc_online)}
+
+
+def test_the_static_cue_is_judged_by_the_gap_between_deciders():
+  figures = {'mano': _cue_figures(0.6, 0.2), 'mano_no_marker': _cue_figures(0.3, 0.3)}
+  cue = study.cue_verdicts(figures)
+  assert cue['mano']['mean'] == pytest.approx(0.4) and cue['mano']['verdict'] == 'holds'
+  assert cue['mano_no_marker']['verdict'] == 'does not hold'
+  unlearned = study.cue_verdicts({'mano': _cue_figures(0.6, 0.2, acc_online=0.5)})
+  assert unlearned['mano']['verdict'] == study.WITHHELD
+  assert study.cue_verdicts({'mano': {'early': figures['mano']['early']}}) == {}
 
 
 def test_verdict_rule():
@@ -93,6 +127,20 @@ def test_finished_runs_are_read_not_retrained(tmp_path, monkeypatch):
   records = study.run_cell(tmp_path, 'lano', 'early', 0)
   np.testing.assert_array_equal(records['tokens']['depth'], _records(
       np.random.default_rng(1))['tokens']['depth'])
+
+
+def test_table_only_tabulates_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
+  rng = np.random.default_rng(4)
+  workdir = tmp_path / 'lano' / 'online' / 'seed_1'
+  workdir.mkdir(parents=True)
+  study_lib.save(_records(rng), workdir / 'records.npz')
+  (workdir / 'records.json').write_text(json.dumps(
+      study.config_for('lano', 'online', 1).train.steps))
+  monkeypatch.setattr(study.loop, 'train_and_evaluate', lambda *a: pytest.fail('trained'))
+  text = study.run_study(tmp_path, [], [0, 1, 2], n_boot=20, train=False)
+  rows = [line for line in text.splitlines() if line.startswith('| lano | online | 1 |')]
+  assert len(rows) == 1 and '| lano | early' not in text and '| mano' not in text
+  assert json.loads((tmp_path / 'study.json').read_text())['learned'] == study.LEARNED
 
 
 def test_the_prior_is_chosen_by_accuracy_then_compute():
