@@ -213,7 +213,8 @@ def table(figures: dict, verdict_table: dict, timing: dict, cue: dict) -> str:
           f'{_ci(get(f"accuracy/longer/T{2 * d}"))} | '
           f'{_ci(get(f"depth/in_distribution/T{d}"), 2)} | '
           f'{_ci(get(f"depth/longer/T{d}"), 2)} | '
-          f'{tasks_headline(cell)}: {_ci(get("rho/" + tasks_headline(cell)), 2)} |')
+          f'{tasks_headline(cell)}: {_ci(get("rho/" + tasks_headline(cell)), 2)}'
+          f'{_paper_rho(cell, decider)} |')
   lines += ['', '| cell | decider | claim | verdict |', '|---|---|---|---|']
   for cell, by_decider in verdict_table.items():
     for decider, claims in by_decider.items():
@@ -233,7 +234,18 @@ def table(figures: dict, verdict_table: dict, timing: dict, cue: dict) -> str:
     lines += ['', '| BREVO decision timing (added R²) | difference [95% CI] | verdict |',
               '|---|---|---|']
     lines += [f'| {name} | {_ci(v)} | {v["verdict"]} |' for name, v in timing.items()]
+  if 'brevo' in figures:
+    lines += ['', '| BREVO decider | correct answers timed | R² of graph size alone | paper |',
+              '|---|---|---|---|']
+    lines += [f'| {decider} | {f["timing/samples"]} | {_ci(f["timing/r2_control"])} | '
+              f'{PAPER["brevo_r2_size_early"] if decider == "early" else "–"} |'
+              for decider, f in figures['brevo'].items()]
   return '\n'.join(lines) + '\n'
+
+
+def _paper_rho(cell: str, decider: str) -> str:
+  paper = PAPER['lano_rho_expansion'].get(decider) if cell == 'lano' else None
+  return '' if paper is None else f' (paper {paper})'
 
 
 def _json(figures):

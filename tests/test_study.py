@@ -65,6 +65,7 @@ def test_figures_and_verdicts_of_constructed_runs():
   assert claims['online']['accuracy falls on longer'] == 'does not hold'
   text = study.table(figures, study.verdicts(figures), {}, {})
   assert '| lano | early | 3 | ceiling | 0.96' in text and 'parse_expansion: 0.9' in text
+  assert '(paper 0.666) |' in text
   # every feature at the predicted position and both neighbours: aligned only at the first
   row = next(r for r in text.splitlines() if r.startswith('| lano | early | rules_closed |'))
   here, before, after = (float(c.split()[0]) for c in row.split('|')[4:7])
@@ -98,6 +99,57 @@ def test_the_static_cue_is_judged_by_the_gap_between_deciders():
   unlearned = study.cue_verdicts({'mano': _cue_figures(0.6, 0.2, acc_online=0.5)})
   assert unlearned['mano']['verdict'] == study.WITHHELD
   assert study.cue_verdicts({'mano': {'early': figures['mano']['early']}}) == {}
+
+
+def _brevo_records(rng, follows: str, sequences=40, tokens_per=6):
+  """One BREVO run whose every answer is right and whose E[d] is graph size plus `follows` (a
+  static-structure or an execution-state feature) plus noise: decision timing with a known
+  answer."""
+  rows = {k: [] for k in ('split', 'max_depth', 'size', 'answer_tokens', 'correct_tokens',
+                          'depth_sum', 'expected_depth_sum', 'right', 'sequence')}
+  for split in range(3):
+    for max_depth in (6, 12):
+      for i in range(sequences):
+        for key, value in (('split', split), ('max_depth', max_depth), ('size', split + 3),
+                           ('answer_tokens', tokens_per), ('correct_tokens', tokens_per),
+                           ('depth_sum', 2 * tokens_per), ('expected_depth_sum', 2 * tokens_per),
+                           ('right', 1), ('sequence', split * sequences + i)):
+          rows[key].append(value)
+  n = sequences * tokens_per
+  timing = {'sequence': np.repeat(np.arange(sequences), tokens_per).astype(float),
+            'graph_size': np.repeat(rng.integers(3, 9, sequences), tokens_per).astype(float)}
+  for name in ('out_degree', 'in_degree', 'num_ancestors', 'dfs_depth', 'frontier_size',
+               'newly_enabled'):
+    timing[name] = rng.integers(0, 6, n).astype(float)
+  timing['expected_depth'] = (0.3 * timing['graph_size'] + timing[follows]
+                              + rng.normal(0, 0.3, n))
+  tokens = {'sequence': timing['sequence'], 'depth': timing['expected_depth'],
+            'expected_depth': timing['expected_depth'], 'complexity': timing['graph_size']}
+  for name in ('complexity', 'dfs_depth', 'graph_size', 'num_ancestors', 'frontier_size'):
+    tokens[name] = timing.get(name, timing['graph_size'])
+    for k in ('@-1', '@+1'):
+      tokens[name + k] = tokens[name]
+  return {'sequences': {k: np.asarray(v, float) for k, v in rows.items()}, 'tokens': tokens,
+          'timing': timing}
+
+
+def test_decision_timing_tells_static_from_execution_state():
+  rng = np.random.default_rng(5)
+  figures = {'brevo': {
+      'early': study.cell_figures('brevo', 'early',
+                                  [_brevo_records(rng, 'num_ancestors') for _ in range(2)], 50),
+      'online': study.cell_figures('brevo', 'online',
+                                   [_brevo_records(rng, 'dfs_depth') for _ in range(2)], 50)}}
+  e, o = figures['brevo']['early'], figures['brevo']['online']
+  assert o['timing/groups/execution_state/added']['mean'] > 0.5
+  assert e['accuracy_kind'] == 'right' and study.learned(e) and e['timing/samples'] == 80
+  assert e['timing/groups/static_structure/added']['mean'] > 0.5
+  assert e['timing/groups/execution_state/added']['mean'] < 0.05
+  timing = study.timing_verdicts(figures)
+  assert timing['execution state: O − E']['verdict'] == 'holds'
+  assert timing['static structure: E − O']['verdict'] == 'holds'
+  text = study.table(figures, study.verdicts(figures), timing, {})
+  assert '| execution state: O − E |' in text and '| early | 80 | ' in text and '| 0.28 |' in text
 
 
 def test_verdict_rule():
