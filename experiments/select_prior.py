@@ -10,8 +10,8 @@ retrained), and picks by validation accuracy and compute: the runs within `--tol
 best accuracy (the task's own accuracy: right generated answers for BREVO, the share of the
 ceiling for LANO, token accuracy for MANO, on held-out examples of the training sizes), then
 the one with the least mean executed depth. The paper tunes (learning rate, γ, b) on ANIRA-E
-and reuses them unchanged for ANIRA-O; the chosen pair goes into the task's config (`common.share_depth_prior`). Writes
-OUT/TASK/SCALE/prior.json and prior.md.
+and reuses them unchanged for ANIRA-O; the chosen pair goes into the task's config
+(`common.share_depth_prior`). Writes OUT/TASK/SCALE/prior.json and prior.md.
 """
 
 from __future__ import annotations
