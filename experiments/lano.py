@@ -43,7 +43,8 @@ def get_config(arg=None):
     common.share_depth_prior(config, gamma=0.03, prior_base=2.0)
     if args.scale == 'study':
       # Twice the CPU default's training (which already reaches 0.97-0.98 of the ceiling) and a
-      # four times larger evaluation, for intervals: about 12 minutes per run.
+      # four times larger evaluation, for intervals: 14-21 minutes per run with other
+      # trainings sharing the 2 cores (not yet timed alone).
       config.train.update(steps=3000, warmup_steps=200, log_every=100, checkpoint_every=1000)
       config.eval.update(batch_size=64, num_batches=8, every_steps=1000)
   else:

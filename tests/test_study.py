@@ -168,13 +168,17 @@ def test_every_cell_builds_its_study_preset(cell):
   assert study.config_for('mano_no_marker', 'early', 0).task.options.length_marker is False
 
 
-def test_finished_runs_are_read_not_retrained(tmp_path, monkeypatch):
-  rng = np.random.default_rng(1)
-  workdir = tmp_path / 'lano' / 'early' / 'seed_0'
+def _finished_run(out, decider: str, seed: int, rng) -> None:
+  """A LANO run in `out` as `study.run_cell` leaves one: its records and their step stamp."""
+  workdir = out / 'lano' / decider / f'seed_{seed}'
   workdir.mkdir(parents=True)
   study_lib.save(_records(rng), workdir / 'records.npz')
   (workdir / 'records.json').write_text(json.dumps(
-      study.config_for('lano', 'early', 0).train.steps))
+      study.config_for('lano', decider, seed).train.steps))
+
+
+def test_finished_runs_are_read_not_retrained(tmp_path, monkeypatch):
+  _finished_run(tmp_path, 'early', 0, np.random.default_rng(1))
   monkeypatch.setattr(study.loop, 'train_and_evaluate', lambda *a: pytest.fail('retrained'))
   records = study.run_cell(tmp_path, 'lano', 'early', 0)
   np.testing.assert_array_equal(records['tokens']['depth'], _records(
@@ -182,12 +186,7 @@ def test_finished_runs_are_read_not_retrained(tmp_path, monkeypatch):
 
 
 def test_table_only_tabulates_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
-  rng = np.random.default_rng(4)
-  workdir = tmp_path / 'lano' / 'online' / 'seed_1'
-  workdir.mkdir(parents=True)
-  study_lib.save(_records(rng), workdir / 'records.npz')
-  (workdir / 'records.json').write_text(json.dumps(
-      study.config_for('lano', 'online', 1).train.steps))
+  _finished_run(tmp_path, 'online', 1, np.random.default_rng(4))
   monkeypatch.setattr(study.loop, 'train_and_evaluate', lambda *a: pytest.fail('trained'))
   text = study.run_study(tmp_path, [], [0, 1, 2], n_boot=20, train=False)
   rows = [line for line in text.splitlines() if line.startswith('| lano | online | 1 |')]
