@@ -59,6 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
   config.train.preemption_check_every = 10  # steps between multi-host SIGTERM agreements
+  config.train.curriculum_steps = 0  # sizes open smallest first over these steps (tasks.Stream)
   # Extrapolation ingredients, off by default: `ingredients.Ingredients`' fields.
   config.train.update(Ingredients.defaults())
 

@@ -118,6 +118,7 @@ def _check_train(t: ml_collections.ConfigDict) -> None:
   options.number('train.warmup_steps', t.warmup_steps, allow_minimum=True)
   options.number('train.weight_decay', t.weight_decay, allow_minimum=True)
   options.number('train.grad_clip', t.grad_clip)
+  options.integer('train.curriculum_steps', t.curriculum_steps, 0)
   if t.batch_size % t.grad_accumulation_steps:
     raise ConfigError(f'config.train.batch_size={t.batch_size} must be divisible by '
                       f'train.grad_accumulation_steps={t.grad_accumulation_steps}')

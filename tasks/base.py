@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
@@ -178,6 +179,11 @@ class Stream:
   or adding hosts never changes what another (step, host) sees, and no global RNG is touched.
   Each example's size is drawn uniformly from `sizes`. Training streams skip the costly
   analysis-only annotations (`annotate=False`: those features are 0).
+
+  A curriculum over sizes (`curriculum_steps` > 0) opens the sizes smallest first: batch `step`
+  draws from the smallest ceil(k · (step + 1) / curriculum_steps) of the k sizes, all of them
+  from step curriculum_steps - 1 on. Sequences keep the full length, so the jitted step never
+  sees a new shape.
   """
 
   task: Task
@@ -188,10 +194,13 @@ class Stream:
   host_count: int = 1
   seq_len: int | None = None  # defaults to task.seq_len(max(sizes))
   annotate: bool = True  # add `Task.annotate`'s features
+  curriculum_steps: int = 0  # steps over which the sizes open, smallest first; 0 = all at once
 
   def __post_init__(self):
     if not self.sizes:
       raise ValueError('a stream needs at least one size')
+    if self.curriculum_steps < 0:
+      raise ValueError(f'curriculum_steps={self.curriculum_steps} must be >= 0')
     if not 0 <= self.host_index < self.host_count:
       raise ValueError(f'host_index={self.host_index} not in [0, {self.host_count})')
     lo, hi = self.task.valid_sizes()
@@ -203,10 +212,17 @@ class Stream:
   def length(self) -> int:
     return self.seq_len or self.task.seq_len(max(self.sizes))
 
+  def open_sizes(self, step: int) -> tuple[int, ...]:
+    """The sizes batch `step` draws from: all of them, or the curriculum's smallest."""
+    if step >= self.curriculum_steps:
+      return self.sizes
+    ordered = sorted(self.sizes)
+    return tuple(ordered[:math.ceil(len(ordered) * (step + 1) / self.curriculum_steps)])
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([*np.atleast_1d(self.seed), step, self.host_index,
                                  self.host_count])
-    sizes = rng.choice(np.asarray(self.sizes), size=self.batch_size)
+    sizes = rng.choice(np.asarray(self.open_sizes(step)), size=self.batch_size)
     examples = [self.task.sample(rng, int(s)) for s in sizes]
     if self.annotate:
       examples = [self.task.annotate(ex, self.sizes) for ex in examples]

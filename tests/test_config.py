@@ -42,6 +42,7 @@ def _config(**overrides):
      r'config.train.grad_accumulation_steps=0 must be an integer >= 1'),
     ('train.grad_accumulation_steps', 5,
      r'config.train.batch_size=64 must be divisible by train.grad_accumulation_steps=5'),
+    ('train.curriculum_steps', -1, r'config.train.curriculum_steps=-1 must be an integer >= 0'),
     ('task.train_sizes', '8-1', r"config.task.train_sizes='8-1': range 8-1 is empty"),
     ('task.train_sizes', 'many', r"config.task.train_sizes='many': expected sizes like"),
     ('task.holdout_sizes', '1-16', r'removes every training size'),

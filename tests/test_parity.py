@@ -55,6 +55,23 @@ def test_stream_only_uses_its_sizes_and_pads_right():
   assert not batch['loss_mask'][batch['tokens'] == 0].any()
 
 
+def test_curriculum_opens_sizes_smallest_first_then_is_the_plain_stream():
+  task = tasks.make('parity')
+  sizes = (8, 2, 4, 6)  # unsorted on purpose: the curriculum orders them
+  stream = tasks.Stream(task, sizes=sizes, batch_size=64, seed=0, curriculum_steps=8)
+  assert [stream.open_sizes(s) for s in (0, 1, 2, 3, 4, 7, 8, 100)] == [
+      (2,), (2,), (2, 4), (2, 4), (2, 4, 6), (2, 4, 6, 8), sizes, sizes]
+  for step in range(8):
+    batch = stream.batch(step)
+    assert set(batch['size'].tolist()) <= set(stream.open_sizes(step))
+    assert batch['tokens'].shape == (64, 8)  # full length from the first step
+  plain = tasks.Stream(task, sizes=sizes, batch_size=64, seed=0)
+  for step in (8, 9):
+    np.testing.assert_array_equal(stream.batch(step)['tokens'], plain.batch(step)['tokens'])
+  with pytest.raises(ValueError, match='curriculum_steps=-1'):
+    tasks.Stream(task, sizes=sizes, batch_size=1, seed=0, curriculum_steps=-1)
+
+
 def test_bad_inputs():
   with pytest.raises(ValueError, match='unknown task'):
     tasks.make('sudoku')

@@ -190,7 +190,8 @@ def _train_and_evaluate(exp: experiment.Experiment, mesh, workdir: pathlib.Path,
 
   stream = tasks.Stream(exp.task, exp.train_sizes, config.train.batch_size // jax.process_count(),
                         seed=config.seed, host_index=jax.process_index(),
-                        host_count=jax.process_count(), annotate=False)
+                        host_count=jax.process_count(), annotate=False,
+                        curriculum_steps=config.train.curriculum_steps)
   writer = reporting.MetricWriter(workdir, start_step=last_saved or 0) if lead else None
   config_json = config.to_json_best_effort()
   start, total = int(state.step), config.train.steps
