@@ -10,7 +10,13 @@ Two layouts, one class:
 
 A position's complexity is the number of informative entries so far — every bit in `prefix`,
 the non-zero entries in `ponder` — i.e. how many inputs the answer there must combine. Features:
-`ones_so_far` (the count whose parity is the answer) and `position`."""
+`ones_so_far` (the count whose parity is the answer) and `position`.
+
+`bos=True` starts every sequence with `<s>` (no target). Without it, a model with relative
+positions (RoPE) or none cannot answer a leading run of ones: by induction over iterations every
+token of the run sees only tokens with its own state, so causal attention returns the same
+mixture at each of them and `1`, `11`, `111` get one answer — a ceiling near 0.96 of tokens on
+lengths 1-16. The marker at a distance that differs per position breaks that symmetry."""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import numpy as np
 
 from tasks import base
 
-_ZERO, _ONE, _MINUS_ONE = 1, 2, 3
+_ZERO, _ONE, _MINUS_ONE, _BOS = 1, 2, 3, 4
 
 
 class ParityTask(base.Task):
@@ -27,21 +33,22 @@ class ParityTask(base.Task):
   name = 'parity'
   feature_names = ('ones_so_far', 'position')
 
-  def __init__(self, layout: str = 'prefix', ponder_length: int = 96):
+  def __init__(self, layout: str = 'prefix', ponder_length: int = 96, bos: bool = False):
     if layout not in ('prefix', 'ponder'):
       raise ValueError(f"parity layout must be 'prefix' or 'ponder', got {layout!r}")
     self.layout = layout
     self.ponder_length = ponder_length
+    self.bos = bos
 
   @property
   def vocab(self) -> tuple[str, ...]:
-    return ('<pad>', '0', '1', '-1')
+    return ('<pad>', '0', '1', '-1') + (('<s>',) if self.bos else ())
 
   def valid_sizes(self) -> tuple[int, int]:
     return (1, self.ponder_length) if self.layout == 'ponder' else (1, 10**6)
 
   def seq_len(self, max_size: int) -> int:
-    return self.ponder_length if self.layout == 'ponder' else max_size
+    return (self.ponder_length if self.layout == 'ponder' else max_size) + self.bos
 
   def sample(self, rng: np.random.Generator, size: int) -> base.Example:
     if self.layout == 'prefix':
@@ -62,7 +69,17 @@ class ParityTask(base.Task):
       loss_mask[-1] = True
       informative = np.cumsum(values != 0)
     position = np.arange(1, len(tokens) + 1)
-    return base.Example(
+    example = base.Example(
         tokens=tokens.astype(np.int32), targets=targets.astype(np.int32), loss_mask=loss_mask,
         complexity=informative.astype(np.float32),
         features=dict(ones_so_far=ones.astype(np.float32), position=position.astype(np.float32)))
+    return _after_bos(example) if self.bos else example
+
+
+def _after_bos(ex: base.Example) -> base.Example:
+  """`ex` behind a `<s>` token that has no target, complexity 0 and features 0."""
+  ahead = lambda x, value: np.concatenate([np.asarray([value], x.dtype), x])
+  return base.Example(
+      tokens=ahead(ex.tokens, _BOS), targets=ahead(ex.targets, 0),
+      loss_mask=ahead(ex.loss_mask, False), complexity=ahead(ex.complexity, 0),
+      features={name: ahead(v, 0) for name, v in ex.features.items()})

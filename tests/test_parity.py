@@ -1,11 +1,13 @@
 """The parity stream: labels by brute force, determinism, hosts, layouts."""
 
+import jax
 import numpy as np
 import pytest
 
 import tasks
+from tests.conftest import tiny_anira, tiny_model
 
-ZERO, ONE, MINUS_ONE = 1, 2, 3
+ZERO, ONE, MINUS_ONE, BOS = 1, 2, 3, 4
 
 
 def test_prefix_labels_and_annotations_by_brute_force():
@@ -31,6 +33,39 @@ def test_ponder_layout_by_brute_force():
     assert ex.loss_mask.tolist() == [False] * 95 + [True]
     assert ex.targets[-1] == (ONE if np.sum(ex.tokens == ONE) % 2 else ZERO)
     assert ex.complexity[-1] == size and ex.complexity[0] == (ex.tokens[0] != ZERO)
+
+
+@pytest.mark.parametrize('layout', ['prefix', 'ponder'])
+def test_bos_puts_a_marker_without_target_ahead_of_the_same_example(layout):
+  plain, marked = (tasks.make('parity', layout=layout, bos=b) for b in (False, True))
+  assert marked.vocab == plain.vocab + ('<s>',) and marked.seq_len(16) == plain.seq_len(16) + 1
+  ex, ex_bos = plain.sample(np.random.default_rng(4), 9), marked.sample(np.random.default_rng(4), 9)
+  assert ex_bos.tokens[0] == BOS and not ex_bos.loss_mask[0] and ex_bos.complexity[0] == 0
+  np.testing.assert_array_equal(ex_bos.tokens[1:], ex.tokens)
+  np.testing.assert_array_equal(ex_bos.targets[1:], ex.targets)
+  np.testing.assert_array_equal(ex_bos.loss_mask[1:], ex.loss_mask)
+  np.testing.assert_array_equal(ex_bos.complexity[1:], ex.complexity)
+  for name in ex.features:
+    np.testing.assert_array_equal(ex_bos.features[name][1:], ex.features[name])
+
+
+@pytest.mark.parametrize('position', ['rope', 'none'])
+def test_without_bos_relative_positions_give_a_leading_run_one_state(position):
+  """The symmetry `bos` exists to break: at every iteration each token of a leading run of ones
+  attends only to tokens in its own state, so they all end alike — `1` and `11` cannot get
+  different parities. After `<s>` they differ."""
+  anira = tiny_anira('fixed', tiny_model(position=position))
+  params = anira.init(jax.random.key(0))
+  run = lambda tokens: np.asarray(anira.apply(params, np.asarray([tokens]), train=False,
+                                              collect_states=True).trajectory.states_TxBxLxD)
+  states = run([ONE, ONE, ONE, ONE, ZERO, ONE])  # [T, 1, L, D]
+  for t in range(states.shape[0]):
+    np.testing.assert_allclose(states[t, 0, 1:4], np.broadcast_to(states[t, 0, :1], (3, 16)),
+                               atol=1e-5)
+  assert not np.allclose(states[-1, 0, 3], states[-1, 0, 5], atol=1e-3)  # not trivially equal
+  if position == 'rope':
+    marked = run([BOS, ONE, ONE, ONE])
+    assert not np.allclose(marked[-1, 0, 1], marked[-1, 0, 2], atol=1e-3)
 
 
 def test_stream_is_deterministic_by_seed_step_and_host():
