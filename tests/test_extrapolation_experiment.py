@@ -22,6 +22,8 @@ def test_every_grid_point_builds_with_what_its_label_says(task, label):
   assert (exp.ingredients.random_depth != 'none') == ('random depth' in label)
   assert (config.model.position == 'none') == ('no positions' in label)
   assert set(exp.splits) == set(extrapolation.SPLIT_NAMES)
+  # parity behind <s>: with relative positions a leading run of ones is otherwise one state
+  assert (exp.task.vocab[-1] == '<s>') == (task == 'parity')
 
 
 def test_a_tiny_grid_point_end_to_end(tmp_path, monkeypatch):
