@@ -174,8 +174,9 @@ def one_run(out: pathlib.Path, task: str, label: str, seed: int) -> dict:
             'step': run.step, 'train_seconds': seconds if not finished else None,
             'evaluations': evaluations(run, task, label)}
   record['seconds'] = time.perf_counter() - start
-  record_path.write_text(json.dumps(record, indent=1) + '\n')
-  return record
+  text = json.dumps(record, indent=1)
+  record_path.write_text(text + '\n')
+  return json.loads(text)  # as a rerun reads it back (sizes as string keys), so the two mix
 
 
 def _stats(values: list) -> dict | None:

@@ -48,7 +48,8 @@ def test_a_tiny_grid_point_end_to_end(tmp_path, monkeypatch):
   assert own['longer']['mean_depth'] == 4  # fixed depth at the raised T
   assert record['evaluations']['confidence=0.6@T=4']['decider'] == 'confidence'
   again = extrapolation.one_run(tmp_path, 'parity', 'fixed', 0)  # read back, not rerun
-  assert again == json.loads(json.dumps(record))
+  assert again == record
+  assert extrapolation.aggregate([record, again])[0]['seeds'] == 2  # fresh and read-back mix
   rows = extrapolation.aggregate([record])
   assert len(rows) == 4 and rows[0]['splits']['longer']['token_accuracy']['seeds']
   text = extrapolation.table(extrapolation.headline(rows))
