@@ -2,8 +2,6 @@
 point runs end to end (train, evaluate with its own decider and the zero-shot exits, table,
 figure) and is read back rather than rerun."""
 
-import json
-
 import pytest
 
 from anira_jax import experiment
