@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tasks
-from tests.conftest import tiny_anira, tiny_model
+from conftest import tiny_anira, tiny_model
 
 ZERO, ONE, MINUS_ONE, BOS = 1, 2, 3, 4
 
