@@ -53,6 +53,19 @@ def _losses(workdir) -> dict[int, float]:
   return {r['step']: r['train/loss'] for r in rows if 'train/loss' in r}
 
 
+def test_the_training_stream_follows_the_configured_curriculum():
+  config = small_config(curriculum_steps=4)
+  stream = loop.train_stream(experiment.build(config))
+  assert stream.batch_size == 32 and not stream.annotate
+  # Sizes 1-4 open one per step: batch 0 draws only size 1, batch 3 and later all four.
+  assert set(stream.batch(0)['size']) == {1}
+  assert set(stream.batch(3)['size']) == {1, 2, 3, 4}
+  # Once open, the curriculum's batches are the plain stream's.
+  plain = loop.train_stream(experiment.build(small_config()))
+  assert set(plain.batch(0)['size']) == {1, 2, 3, 4}
+  np.testing.assert_array_equal(stream.batch(4)['tokens'], plain.batch(4)['tokens'])
+
+
 @pytest.mark.slow
 def test_short_run_learns_and_writes_results(tmp_path):
   config = small_config(steps=200, checkpoint_every=100)

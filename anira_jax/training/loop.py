@@ -92,6 +92,16 @@ def _prefetch(stream: tasks.Stream, start: int, stop: int, depth: int = 4):
       yield batch
 
 
+def train_stream(exp: experiment.Experiment) -> tasks.Stream:
+  """This host's share of the training batches: the task at its training sizes, opened by the
+  config's curriculum, without the evaluation-only annotations."""
+  config = exp.config
+  return tasks.Stream(exp.task, exp.train_sizes, config.train.batch_size // jax.process_count(),
+                      seed=config.seed, host_index=jax.process_index(),
+                      host_count=jax.process_count(), annotate=False,
+                      curriculum_steps=config.train.curriculum_steps)
+
+
 def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int = 1,
                      ingredients=None):
   """(create, abstract_state, state_sharding, train_step) for a mesh.
@@ -188,10 +198,7 @@ def _train_and_evaluate(exp: experiment.Experiment, mesh, workdir: pathlib.Path,
             f'{workdir / workdir_lib.CHANGES_FILE})', flush=True)
   sets = evaluation.eval_sets(exp, workdir)
 
-  stream = tasks.Stream(exp.task, exp.train_sizes, config.train.batch_size // jax.process_count(),
-                        seed=config.seed, host_index=jax.process_index(),
-                        host_count=jax.process_count(), annotate=False,
-                        curriculum_steps=config.train.curriculum_steps)
+  stream = train_stream(exp)
   writer = reporting.MetricWriter(workdir, start_step=last_saved or 0) if lead else None
   config_json = config.to_json_best_effort()
   start, total = int(state.step), config.train.steps
