@@ -1,13 +1,14 @@
 """MANO labels against an independent evaluator: prefix tokens -> Python infix string of exact
 fractions -> eval, mapped into Z_p."""
 
+import collections
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
 from tasks import base
-from tasks.mano import ManoTask
+from tasks.mano import ManoTask, tree_shapes
 
 SIZES = (1, 2, 3, 5, 8, 16, 33, 64)
 OPTIONS = [
@@ -173,7 +174,7 @@ def test_deterministic_by_seed():
   assert not np.array_equal(a.tokens, c.tokens)
 
 
-def test_tree_shapes_and_answers_vary():
+def testtree_shapes_and_answers_vary():
   task = ManoTask()
   heights, answers = set(), set()
   for _, ex in _examples(task, seeds=range(200), sizes=(16,)):
@@ -182,6 +183,37 @@ def test_tree_shapes_and_answers_vary():
   # Neither always balanced (height 5) nor always a chain (height 17).
   assert len(heights) >= 4 and max(heights) < 17
   assert answers == set(range(23))
+
+
+def testtree_shapes_are_drawn_with_their_enumerated_probabilities():
+  task = ManoTask(modulus=5, max_ops=4, length_marker=False, knowledge_augment=False)
+  is_op = np.zeros(len(task.vocab), bool)
+  is_op[[task.vocab.index(op) for op in task.ops]] = True
+  rng = np.random.default_rng(0)
+  n = 20_000
+  drawn = collections.Counter(tuple(is_op[task.sample(rng, 4).tokens[:-2]]) for _ in range(n))
+  shapes = dict(tree_shapes(4))
+  assert len(shapes) == 14 and sum(shapes.values()) == pytest.approx(1.0)  # Catalan(4) trees
+  assert set(drawn) == set(shapes)
+  for pattern, p in shapes.items():  # 4 standard errors of a share of 20,000 draws
+    assert abs(drawn[pattern] / n - p) < 4 * np.sqrt(p * (1 - p) / n), pattern
+
+
+@pytest.mark.parametrize('ops, size, expected', [
+    # L = 1 over Z_5: + and * are order-free; a - b is known when a = b (1/5), else a coin flip.
+    ('+-*', 1, (1 + 1 + (1 / 5 + 4 / 5 * 1 / 2)) / 3),
+    # a / b, b != 0: sure when a = 0, a = b or a = -b (12 of 20 pairs); else a coin flip.
+    ('/', 1, (12 + 8 / 2) / 20),
+    ('+', 3, 1.0),  # a sum is the same whatever the tree
+])
+def test_order_blind_accuracy_closed_forms(ops, size, expected):
+  assert ManoTask(modulus=5, ops=ops).order_blind_accuracy(size) == pytest.approx(expected)
+
+
+def test_order_blind_accuracy_falls_with_size():
+  task = ManoTask(modulus=5)
+  floors = [task.order_blind_accuracy(size) for size in (1, 2, 3)]
+  assert floors[0] > floors[1] > floors[2] > 1 / 5
 
 
 def test_rejects_bad_options():
