@@ -1,20 +1,24 @@
 """The paper's study at CPU scale: ANIRA-E and ANIRA-O, three seeds each, on LANO, MANO (with and
 without its length marker) and BREVO, with an interval on every figure and a verdict per finding.
 
-    python -m experiments.study --out=workdirs/study
-    python -m experiments.study --out=workdirs/study --cells=lano/early/1   # one run only
+    python -m experiments.study
+    python -m experiments.study --cells=lano/early/1   # one run only
 
 Every run is `experiments/TASK.py:scale=study,decider=NAME` with `--config.seed=S`, in
 OUT/CELL/NAME/seed_S; a finished run is resumed or read, never retrained. Each run's per-sequence
 and per-token records (`analysis.study.run_records`: every split at the trained D and at 2·D)
-are saved there as records.npz, then the table pools the seeds: every figure is the mean over
-seeds with a 95% interval that resamples seeds and, within each, sequences
-(`stats.seed_bootstrap`). A verdict compares an interval with the smallest effect that matters
-(`stats.verdict`; the margins are `MARGINS`), and only for a (cell, decider) that has learned
-its task: in-distribution accuracy at least `LEARNED` of the ceiling (a model that cannot do the
-task says nothing about where it spends depth). Both deciders share the task's γ, b and learning
-rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the paper does. Writes OUT/study.md
-and OUT/study.json; `--table_only` writes them from the runs finished so far, training nothing.
+are saved there as records.npz, stamped with the run's config (records.json): records are read
+only while the config they came from is the current one. The default OUT, results/study, is
+where the repository keeps the records (and nothing else of a run: .gitignore), so a study that
+takes longer than one machine's session is finished across several. Then the table pools the
+seeds: every figure is the mean over seeds with a 95% interval that resamples seeds and, within
+each, sequences (`stats.seed_bootstrap`). A verdict compares an interval with the smallest effect
+that matters (`stats.verdict`; the margins are `MARGINS`), and only for a (cell, decider) that
+has learned its task: in-distribution accuracy at least `LEARNED` of the ceiling (a model that
+cannot do the task says nothing about where it spends depth). Both deciders share the task's
+γ, b and learning rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the paper does.
+Writes OUT/study.md and OUT/study.json; `--table_only` writes them from the runs finished so
+far, training nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from anira_jax.reporting import fmt
 from anira_jax.training import loop
 from experiments import common
 
-_OUT = flags.DEFINE_string('out', 'workdirs/study', 'Directory for the runs and the table.')
+_OUT = flags.DEFINE_string('out', 'results/study', 'Directory for the runs and the table '
+                           '(the repository keeps its records: module docstring).')
 _CELLS = flags.DEFINE_list('cells', [], 'Only these runs, as CELL/DECIDER/SEED (e.g. '
                            'lano/early/0); the table then covers what is finished.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every (cell, decider).')
@@ -60,7 +65,8 @@ def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int,
   workdir = out / cell / decider / f'seed_{seed}'
   path = workdir / 'records.npz'
   stamp = workdir / 'records.json'
-  if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == config.train.steps:
+  config_json = json.loads(config.to_json_best_effort())
+  if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == config_json:
     return study_lib.load(path)
   if not train:
     return None
@@ -69,7 +75,7 @@ def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int,
   run = inspect.load(workdir)
   records = study_lib.run_records(run, raised_depth=2 * run.max_depth)
   study_lib.save(records, path)
-  stamp.write_text(json.dumps(config.train.steps))
+  stamp.write_text(json.dumps(config_json, indent=1))
   logging.warning('%s/%s/seed_%d: %.0f s', cell, decider, seed, time.perf_counter() - start)
   return records
 

@@ -168,13 +168,15 @@ def test_every_cell_builds_its_study_preset(cell):
   assert study.config_for('mano_no_marker', 'early', 0).task.options.length_marker is False
 
 
-def _finished_run(out, decider: str, seed: int, rng) -> None:
-  """A LANO run in `out` as `study.run_cell` leaves one: its records and their step stamp."""
+def _finished_run(out, decider: str, seed: int, rng, **train) -> None:
+  """A LANO run in `out` as `study.run_cell` leaves one: its records and their config stamp
+  (of the study preset, or of the preset with `train` overrides: a run of an older preset)."""
   workdir = out / 'lano' / decider / f'seed_{seed}'
   workdir.mkdir(parents=True)
   study_lib.save(_records(rng), workdir / 'records.npz')
-  (workdir / 'records.json').write_text(json.dumps(
-      study.config_for('lano', decider, seed).train.steps))
+  config = study.config_for('lano', decider, seed)
+  config.train.update(train)
+  (workdir / 'records.json').write_text(config.to_json_best_effort())
 
 
 def test_finished_runs_are_read_not_retrained(tmp_path, monkeypatch):
@@ -183,6 +185,21 @@ def test_finished_runs_are_read_not_retrained(tmp_path, monkeypatch):
   records = study.run_cell(tmp_path, 'lano', 'early', 0)
   np.testing.assert_array_equal(records['tokens']['depth'], _records(
       np.random.default_rng(1))['tokens']['depth'])
+
+
+def test_records_of_another_config_are_not_read(tmp_path, monkeypatch):
+  _finished_run(tmp_path, 'early', 0, np.random.default_rng(1), learning_rate=0.5)
+  assert study.run_cell(tmp_path, 'lano', 'early', 0, train=False) is None
+
+  class Trained(Exception):
+    pass
+
+  def train(config, workdir):
+    raise Trained(workdir)
+
+  monkeypatch.setattr(study.loop, 'train_and_evaluate', train)
+  with pytest.raises(Trained):  # a stale run is trained again
+    study.run_cell(tmp_path, 'lano', 'early', 0)
 
 
 def test_table_only_tabulates_finished_runs_and_trains_nothing(tmp_path, monkeypatch):

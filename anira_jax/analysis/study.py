@@ -108,8 +108,8 @@ def run_records(run: inspect.Run, raised_depth: int, *, num_batches: int | None 
 
 
 def save(records: dict, path) -> None:
-  np.savez(path, **{f'{kind}/{name}': values for kind, rows in records.items()
-                    for name, values in rows.items()})
+  np.savez_compressed(path, **{f'{kind}/{name}': values for kind, rows in records.items()
+                               for name, values in rows.items()})
 
 
 def load(path) -> dict[str, dict[str, np.ndarray]]:
