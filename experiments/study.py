@@ -8,7 +8,7 @@ Every run is `experiments/TASK.py:scale=study,decider=NAME` with `--config.seed=
 OUT/CELL/NAME/seed_S; a finished run is resumed or read, never retrained. Each run's per-sequence
 and per-token records (`analysis.study.run_records`: every split at the trained D and at 2·D)
 are saved there as records.npz, stamped with the run's config (records.json): records are read
-only while the config they came from is the current one. The default OUT, results/study, is
+only while the config they came from is the current one (`_stamped_by`). The default OUT, results/study, is
 where the repository keeps the records (and nothing else of a run: .gitignore), so a study that
 takes longer than one machine's session is finished across several. Then the table pools the
 seeds: every figure is the mean over seeds with a 95% interval that resamples seeds and, within
@@ -32,6 +32,7 @@ from absl import app, flags, logging
 
 import tasks
 from anira_jax import checkpoint, experiment, host_memory, inspect, stats
+from anira_jax import workdir as workdir_lib
 from anira_jax.analysis import study as study_lib
 from anira_jax.options import ConfigError
 from anira_jax.reporting import fmt
@@ -57,6 +58,14 @@ WITHHELD = 'withheld: not learned'
 PAPER = {'lano_rho_expansion': {'early': 0.666, 'online': 0.456}, 'brevo_r2_size_early': 0.28}
 
 
+def _stamped_by(stamp: pathlib.Path, config) -> bool:
+  """Whether the records stamped `stamp` came from a run of `config`: a field added to the
+  config since counts at its default, and the cadence of logs, checkpoints and evaluation and
+  the device layout do not matter (`workdir.RESUMABLE`); the number of steps does."""
+  changes = workdir_lib.config_changes(json.loads(stamp.read_text()), config)
+  return not any(path == 'train.steps' or not workdir_lib.resumable(path) for path in changes)
+
+
 def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int,
              train: bool = True) -> dict | None:
   """Trains (or resumes, or reads) one run and returns its records; None for an unfinished run
@@ -65,8 +74,7 @@ def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int,
   workdir = out / cell / decider / f'seed_{seed}'
   path = workdir / 'records.npz'
   stamp = workdir / 'records.json'
-  config_json = json.loads(config.to_json_best_effort())
-  if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == config_json:
+  if path.exists() and stamp.exists() and _stamped_by(stamp, config):
     return study_lib.load(path)
   if not train:
     return None
@@ -75,7 +83,7 @@ def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int,
   run = inspect.load(workdir)
   records = study_lib.run_records(run, raised_depth=2 * run.max_depth)
   study_lib.save(records, path)
-  stamp.write_text(json.dumps(config_json, indent=1))
+  stamp.write_text(json.dumps(workdir_lib.as_json(config), indent=1))
   logging.warning('%s/%s/seed_%d: %.0f s', cell, decider, seed, time.perf_counter() - start)
   return records
 

@@ -187,8 +187,18 @@ def test_finished_runs_are_read_not_retrained(tmp_path, monkeypatch):
       np.random.default_rng(1))['tokens']['depth'])
 
 
-def test_records_of_another_config_are_not_read(tmp_path, monkeypatch):
-  _finished_run(tmp_path, 'early', 0, np.random.default_rng(1), learning_rate=0.5)
+def test_records_stamped_before_a_config_field_existed_are_read(tmp_path, monkeypatch):
+  _finished_run(tmp_path, 'early', 0, np.random.default_rng(1), log_every=7)
+  stamp = tmp_path / 'lano' / 'early' / 'seed_0' / 'records.json'
+  stored = json.loads(stamp.read_text())
+  del stored['train']['curriculum_steps']  # a field added after the run, at its default now
+  stamp.write_text(json.dumps(stored))
+  assert study.run_cell(tmp_path, 'lano', 'early', 0, train=False) is not None
+
+
+@pytest.mark.parametrize('change', [{'learning_rate': 0.5}, {'steps': 7}])
+def test_records_of_another_config_are_not_read(tmp_path, monkeypatch, change):
+  _finished_run(tmp_path, 'early', 0, np.random.default_rng(1), **change)
   assert study.run_cell(tmp_path, 'lano', 'early', 0, train=False) is None
 
   class Trained(Exception):
