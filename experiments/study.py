@@ -10,8 +10,8 @@ and per-token records (`analysis.study.run_records`: every split at the trained 
 are saved there as records.npz, stamped with the run's config (records.json): records are read
 only while the config they came from is the current one (`_stamped_by`). The default OUT,
 results/study, is where the repository keeps the records (and nothing else of a run:
-.gitignore), so a study that takes longer than one machine's session is finished across several. Then the table pools the
-seeds: every figure is the mean over seeds with a 95% interval that resamples seeds and, within
+.gitignore), so a study that takes longer than one machine's session is finished across
+several. Then the table pools the seeds: every figure is the mean over seeds with a 95% interval that resamples seeds and, within
 each, sequences (`stats.seed_bootstrap`). A verdict compares an interval with the smallest effect
 that matters (`stats.verdict`; the margins are `MARGINS`), and only for a (cell, decider) that
 has learned its task: in-distribution accuracy at least `LEARNED` of the ceiling (a model that
