@@ -6,19 +6,19 @@ without its length marker) and BREVO, with an interval on every figure and a ver
 
 Every run is `experiments/TASK.py:scale=study,decider=NAME` with `--config.seed=S`, in
 OUT/CELL/NAME/seed_S; a finished run is resumed or read, never retrained. Each run's per-sequence
-and per-token records (`analysis.study.run_records`: every split at the trained D and at 2·D)
-are saved there as records.npz, stamped with the run's config (records.json): records are read
-only while the config they came from is the current one (`_stamped_by`). The default OUT,
-results/study, is where the repository keeps the records (and nothing else of a run:
-.gitignore), so a study that takes longer than one machine's session is finished across
-several. Then the table pools the seeds: every figure is the mean over seeds with a 95% interval that resamples seeds and, within
-each, sequences (`stats.seed_bootstrap`). A verdict compares an interval with the smallest effect
-that matters (`stats.verdict`; the margins are `MARGINS`), and only for a (cell, decider) that
-has learned its task: in-distribution accuracy at least `LEARNED` of the ceiling (a model that
-cannot do the task says nothing about where it spends depth). Both deciders share the task's
-γ, b and learning rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the paper does.
-Writes OUT/study.md and OUT/study.json; `--table_only` writes them from the runs finished so
-far, training nothing.
+and per-token records (`analysis.study.run_records`: every split at the trained D and at 2·D) are
+saved there as records.npz, stamped with the run's config (records.json): records are read only
+while the config they came from is the current one (`_stamped_by`). The default OUT, results/study,
+is where the repository keeps the records (and nothing else of a run: .gitignore), so a study that
+takes longer than one machine's session is finished across several. Then the table pools the seeds:
+every figure is the mean over seeds with a 95% interval that resamples seeds and, within each,
+sequences (`stats.seed_bootstrap`). A verdict compares an interval with the smallest effect that
+matters (`stats.verdict`; the margins are `MARGINS`), and only for a (cell, decider) that has
+learned its task: in-distribution accuracy at least `LEARNED` of the ceiling (a model that cannot
+do the task says nothing about where it spends depth). Both deciders share the task's γ, b and
+learning rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the paper does. Writes
+OUT/study.md and OUT/study.json; `--table_only` writes them from the runs finished so far, training
+nothing.
 """
 
 from __future__ import annotations
