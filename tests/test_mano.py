@@ -174,7 +174,7 @@ def test_deterministic_by_seed():
   assert not np.array_equal(a.tokens, c.tokens)
 
 
-def testtree_shapes_and_answers_vary():
+def test_tree_shapes_and_answers_vary():
   task = ManoTask()
   heights, answers = set(), set()
   for _, ex in _examples(task, seeds=range(200), sizes=(16,)):
@@ -185,7 +185,7 @@ def testtree_shapes_and_answers_vary():
   assert answers == set(range(23))
 
 
-def testtree_shapes_are_drawn_with_their_enumerated_probabilities():
+def test_tree_shapes_are_drawn_with_their_enumerated_probabilities():
   task = ManoTask(modulus=5, max_ops=4, length_marker=False, knowledge_augment=False)
   is_op = np.zeros(len(task.vocab), bool)
   is_op[[task.vocab.index(op) for op in task.ops]] = True

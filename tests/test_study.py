@@ -187,7 +187,7 @@ def test_finished_runs_are_read_not_retrained(tmp_path, monkeypatch):
       np.random.default_rng(1))['tokens']['depth'])
 
 
-def test_records_stamped_before_a_config_field_existed_are_read(tmp_path, monkeypatch):
+def test_records_stamped_before_a_config_field_existed_are_read(tmp_path):
   _finished_run(tmp_path, 'early', 0, np.random.default_rng(1), log_every=7)
   stamp = tmp_path / 'lano' / 'early' / 'seed_0' / 'records.json'
   stored = json.loads(stamp.read_text())
