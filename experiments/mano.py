@@ -30,7 +30,8 @@ def get_config(arg=None):
   args = common.parse_arg(arg, decider='early', scale='cpu', marker=True, quick=False)
   common.check_scale(args.scale)
 
-  options = {'modulus': 5, 'max_ops': 8, 'length_marker': args.marker}
+  # knowledge_augment (the source's synonyms, its default) is named so that a flag can turn it off.
+  options = {'modulus': 5, 'max_ops': 8, 'length_marker': args.marker, 'knowledge_augment': True}
   if args.scale == 'cpu':
     # A small prime keeps the answer space (and the number of facts to learn) small.
     config = common.task_experiment('mano', train='1-6', holdout='4', longer='7-8',
@@ -55,8 +56,7 @@ def get_config(arg=None):
   else:
     # max_ops: the largest evaluated L, which bounds the marker tokens in the vocabulary.
     config = common.task_experiment('mano', train='3-16', holdout='10', longer='17-20',
-                                    options={'modulus': 23, 'max_ops': 20,
-                                             'length_marker': args.marker},
+                                    options={**options, 'modulus': 23, 'max_ops': 20},
                                     decider=args.decider)
     common.use_paper_scale(config, max_depth=14, scale=args.scale)
 
