@@ -231,3 +231,12 @@ def test_the_prior_is_chosen_by_accuracy_then_compute():
       {'token_accuracy': 0.7, 'share_of_ceiling': 0.95}) == 0.95
   assert study_lib.task_accuracy(
       {'token_accuracy': 0.7, 'generation': {'accuracy': 0.5}}) == 0.5
+
+
+def test_the_prior_designs_are_the_grid_or_its_corners_and_centre():
+  gammas, bases = [0.003, 0.01, 0.03], [1.0, 1.5, 2.0]
+  full = study_lib.prior_design(gammas, bases, 'grid')
+  assert len(full) == 9 and len(set(full)) == 9
+  assert study_lib.prior_design(gammas, bases, 'corners') == [
+      (0.003, 1.0), (0.003, 2.0), (0.03, 1.0), (0.03, 2.0), (0.01, 1.5)]
+  assert study_lib.prior_design([0.01], [1.5], 'corners') == [(0.01, 1.5)]

@@ -196,6 +196,18 @@ def task_accuracy(split: dict) -> float:
   return split.get('share_of_ceiling', split['token_accuracy'])
 
 
+def prior_design(gammas: Sequence[float], bases: Sequence[float],
+                 design: str) -> list[tuple[float, float]]:
+  """The (γ, b) pairs a prior search trains: 'grid', the full product; 'corners', its four
+  corners and its centre (the middle values; of an even count, the lower middle), a 2²
+  factorial with a centre point for a task whose runs are too long for the whole grid."""
+  if design == 'grid':
+    return [(gamma, base) for gamma in gammas for base in bases]
+  corners = [(gamma, base) for gamma in (gammas[0], gammas[-1]) for base in (bases[0], bases[-1])]
+  centre = (gammas[(len(gammas) - 1) // 2], bases[(len(bases) - 1) // 2])
+  return list(dict.fromkeys(corners + [centre]))
+
+
 def choose_prior(points: Sequence[dict], tolerance: float) -> dict:
   """Of grid points {'accuracy', 'mean_depth', ...}: the least mean depth among those within
   `tolerance` of the best accuracy."""
