@@ -158,7 +158,7 @@ def _dense_step(env: _Env, t, active_BxL, h_BxLxD, k_cache, v_cache):
     q, k, v = net.project(block, x_BxLxD, positions_L)
     if i > 0:
       k_cache[i], v_cache[i] = k.astype(cache_dtype), v.astype(cache_dtype)
-    attn = layers.causal_attention(q, k, v)
+    attn = layers.causal_attention(q, k, v, cfg.attention_window)
     x_BxLxD = net.update(block, x_BxLxD, attn)
   h_new_BxLxD = net.core_output(h_BxLxD, x0_BxLxD, x_BxLxD)
   h_BxLxD = jnp.where(active_BxL[..., None], h_new_BxLxD, h_BxLxD)
@@ -203,7 +203,7 @@ def _compact_step(env: _Env, size: int, t, compute_BxL, active_BxL, h_BxLxD, k_c
       k_cache[i] = _scatter_rows(k_cache[i], idx_T, k)
       v_cache[i] = _scatter_rows(v_cache[i], idx_T, v)
     attn_TxHxK = layers.attend_ragged(q_1xTxHxK[0], k_cache[i], v_cache[i], pos_T,
-                                      row_starts_B1)
+                                      row_starts_B1, env.anira.model_cfg.attention_window)
     x_1xTxD = net.update(block, x_1xTxD, attn_TxHxK[None])
   keep_T = jnp.where(_gather(_flat(active_BxL), idx_T) & real_T, idx_T,
                      idx_T + tokens)  # distinct and out of range: dropped

@@ -115,7 +115,7 @@ def _layer(net, block, x_Bx1xD, position, cache_k_BxNxHxK, cache_v_BxNxHxK):
   cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v_BxNxHxK, v.astype(cache_v_BxNxHxK.dtype),
                                                 position, axis=1)
   q_positions_Bx1 = jnp.full((cache_k.shape[0], 1), position)
-  attn = layers.attend(q, cache_k, cache_v, q_positions_Bx1)
+  attn = layers.attend(q, cache_k, cache_v, q_positions_Bx1, net.cfg.attention_window)
   return net.update(block, x_Bx1xD, attn), k, v
 
 

@@ -19,7 +19,11 @@ lengths, and these knobs (each off by default), the ingredients under study:
 - `random_depth=batch|example`: a random depth cap per batch or example, uniform on 1..D;
 - `iteration_loss=w`, `solvable=r`: per-iteration supervision, optionally only of tokens with
   complexity c <= t / r at iteration t;
-- `position=rope|none|sinusoidal|learned`; `depth=D` (default 8); `seed`, `steps`, `quick`.
+- `position=rope|none|sinusoidal|learned`; `depth=D` (default 8); `seed`, `steps`, `quick`;
+- `window=W`: every layer attends to a position and the W - 1 before it (0, the default: all
+  earlier ones). Not from the papers above: it makes the model a scan whose reach grows by W - 1
+  a layer, so no depth can answer every length and the one a token needs grows with its
+  position, as in Fan et al.'s T(n), but chosen per token.
 
 The grid (`python -m experiments.extrapolation`, module docstring of `main` below) trains a
 factorial subset of these, three seeds each, evaluates every checkpoint at the trained D and at
@@ -57,7 +61,7 @@ RAISED_DEPTH = {'parity': 64, 'mano': 64}  # T of the evaluation past the traine
 def get_config(arg=None):
   args = common.parse_arg(arg, task='parity', decider='online', seed=0, depth=8, position='rope',
                           random_depth='none', iteration_loss=0.0, solvable=0.0, steps=0,
-                          width=64, quick=False)
+                          width=64, window=0, quick=False)
   if args.task not in TASKS:
     raise ValueError(f'task={args.task!r}; choose one of {", ".join(TASKS)}')
   train, splits = SIZES[args.task]
@@ -67,7 +71,7 @@ def get_config(arg=None):
   config.seed = args.seed
   config.eval.splits.update(splits)
   config.model.update(width=args.width, num_heads=4, max_depth=args.depth,
-                      position=args.position)
+                      position=args.position, attention_window=args.window)
   config.train.update(steps=args.steps or 1500, batch_size=64, warmup_steps=100, log_every=100,
                       checkpoint_every=500, random_depth=args.random_depth,
                       iteration_loss=args.iteration_loss,

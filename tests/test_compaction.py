@@ -49,8 +49,9 @@ def test_same_as_masked_loop_for_every_decider(name):
     assert len(np.unique(depth)) > 1, 'depths do not vary: test too weak'
 
 
-@pytest.mark.parametrize('overrides', [dict(core_layers=2), dict(iteration_embedding=True)],
-                         ids=['two_core_layers', 'iteration_embedding'])
+@pytest.mark.parametrize('overrides', [dict(core_layers=2), dict(iteration_embedding=True),
+                                       dict(core_layers=2, attention_window=2)],
+                         ids=['two_core_layers', 'iteration_embedding', 'attention_window'])
 def test_frozen_tokens_keys_follow_the_masked_semantics(overrides):
   """Deep layers' keys of a frozen token depend on its predecessors' current states (and with an
   iteration embedding, on t): compaction must recompute them where the masked path would."""

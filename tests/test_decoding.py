@@ -43,7 +43,8 @@ def test_same_as_masked_loop_for_every_decider(name):
 @pytest.mark.parametrize('name,overrides', [
     ('online', dict(core_layers=2, prelude_layers=2, coda_layers=2)),
     ('oracle', dict(iteration_embedding=True, position='learned')),
-], ids=['multi_layer', 'iteration_embedding'])
+    ('online', dict(core_layers=2, coda_layers=2, attention_window=2)),
+], ids=['multi_layer', 'iteration_embedding', 'attention_window'])
 def test_frozen_keys_that_depend_on_the_iteration(name, overrides):
   """Here a frozen token's keys change with t, so its cache levels above its depth are filled
   by running it on (state unchanged), not by copying its final keys. One row: each position's
@@ -55,6 +56,13 @@ def test_frozen_keys_that_depend_on_the_iteration(name, overrides):
   out = _compare(anira, params, tokens[:1], complexity[:1])
   depth_L = np.asarray(out.trajectory.depth_BxL[0])
   assert any(depth_L[i] < depth_L[i + 1:].max() for i in range(len(depth_L) - 1))
+
+
+@pytest.mark.parametrize('name', ['early', 'fixed_point'])
+def test_an_attention_window_reads_the_same_keys_from_the_cache(name):
+  anira = tiny_anira(name, tiny_model(attention_window=3))
+  params = _spread_halting(anira, anira.init(jax.random.key(0)))
+  _compare(anira, params, *_batch())
 
 
 def test_generation_continues_with_the_argmax_of_the_full_model():

@@ -19,6 +19,7 @@ def test_every_grid_point_builds_with_what_its_label_says(task, label):
   assert (exp.ingredients.iteration_loss > 0) == ('iteration loss' in label)
   assert (exp.ingredients.random_depth != 'none') == ('random depth' in label)
   assert (config.model.position == 'none') == ('no positions' in label)
+  assert (config.model.attention_window > 0) == ('window' in label)
   assert set(exp.splits) == set(extrapolation.SPLIT_NAMES)
   # parity behind <s>: with relative positions a leading run of ones is otherwise one state
   assert (exp.task.vocab[-1] == '<s>') == (task == 'parity')

@@ -132,6 +132,49 @@ class CausalAttentionTest(chex.TestCase):
         np.testing.assert_allclose(low.astype(jnp.float32), high, atol=0.1, rtol=0.05)
 
 
+class WindowTest(chex.TestCase):
+  """An attention window W on every attention function against JAX's local-window attention
+  (query i sees keys i - W < j <= i), values and gradients."""
+
+  @staticmethod
+  def _reference(q, k, v, window):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                        local_window_size=(window - 1, 0))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(1, 2, 3, 9)
+  def test_causal_attention_sees_only_the_window(self, window):
+    q, k, v = _qkv(jax.random.key(20), queries=9, keys=9, head_dim=16)  # a kernel size
+    out = self.variant(layers.causal_attention, static_argnums=3)(q, k, v, window)
+    np.testing.assert_allclose(out, self._reference(q, k, v, window), atol=1e-5)
+    weights = jax.random.normal(jax.random.key(21), q.shape)
+    loss = lambda fn: lambda q, k, v: jnp.sum(weights * fn(q, k, v))
+    ours = jax.grad(loss(lambda *a: layers.causal_attention(*a, window)), argnums=(0, 1, 2))(
+        q, k, v)
+    ref = jax.grad(loss(lambda *a: self._reference(*a, window)), argnums=(0, 1, 2))(q, k, v)
+    for got, want in zip(ours, ref):
+      np.testing.assert_allclose(got, want, atol=1e-5)
+
+  def test_a_window_changes_the_output_only_past_its_reach(self):
+    q, k, v = _qkv(jax.random.key(22), queries=9, keys=9)
+    full, local = layers.causal_attention(q, k, v), layers.causal_attention(q, k, v, 3)
+    np.testing.assert_allclose(local[:, :3], full[:, :3], atol=1e-6)  # nothing cut off yet
+    assert np.abs(np.asarray(local[:, 3:] - full[:, 3:])).min() > 0
+
+  def test_gathered_and_ragged_queries_see_the_same_window(self):
+    # Decoding and compaction read one window-masked cache: rows of the full windowed block.
+    q, k, v = _qkv(jax.random.key(23), queries=9, keys=9, head_dim=16)
+    full = self._reference(q, k, v, 3)
+    picked_BxS = jnp.asarray([[0, 4, 8], [2, 3, 7]])
+    take = lambda x: jnp.take_along_axis(x, picked_BxS[:, :, None, None], axis=1)
+    np.testing.assert_allclose(layers.attend(take(q), k, v, picked_BxS, 3), take(full),
+                               atol=1e-5)
+    row_starts = jnp.asarray([0, 3, 6])
+    out = jax.jit(layers.attend_ragged, static_argnums=5)(
+        take(q).reshape(6, *q.shape[2:]), k, v, picked_BxS.reshape(6), row_starts, 3)
+    np.testing.assert_allclose(out, take(full).reshape(6, *q.shape[2:]), atol=1e-5)
+
+
 class RopeTest(chex.TestCase):
 
   def test_scores_depend_only_on_the_offset(self):

@@ -105,10 +105,10 @@ def _per_token_reference(anira, params, tokens, depths):
   return jnp.stack([levels[i][depths[i]] for i in range(tokens.shape[0])])
 
 
-@pytest.mark.parametrize('kind', ['recurrent', 'standard'])
-def test_freezing_matches_independent_per_token_reference(kind):
+@pytest.mark.parametrize('kind,window', [('recurrent', 0), ('standard', 0), ('recurrent', 2)])
+def test_freezing_matches_independent_per_token_reference(kind, window):
   name = 'oracle' if kind == 'recurrent' else 'fixed'
-  anira, params, tokens, _ = _setup(name, kind=kind)
+  anira, params, tokens, _ = _setup(name, kind=kind, attention_window=window)
   tokens = tokens[0]
   depths = np.array([4, 1, 3, 2, 4, 1, 2]) if kind == 'recurrent' else np.full(7, 4)
   _assert_unroll_is_per_token_reference(anira, params, tokens, depths)
@@ -152,6 +152,21 @@ def test_changing_a_later_token_never_changes_an_earlier_output(name, position):
     np.testing.assert_allclose(a.logits_BxLxV[:, :4], b.logits_BxLxV[:, :4], atol=1e-5)
     np.testing.assert_array_equal(a.trajectory.depth_BxL[:, :4], b.trajectory.depth_BxL[:, :4])
     assert not np.allclose(a.logits_BxLxV[:, 4:], b.logits_BxLxV[:, 4:])
+
+
+@pytest.mark.parametrize('path', ['unroll', 'loop'])
+def test_an_attention_window_bounds_how_far_a_change_reaches(path):
+  """With a window W every layer widens a token's reach by W - 1 positions: through prelude,
+  D core iterations and coda, a change at position p reaches exactly p + (W - 1)(D + 2)."""
+  window, depth = 2, 3
+  anira, params, tokens, _ = _setup('fixed', attention_window=window, max_depth=depth)
+  tokens = jax.random.randint(jax.random.key(7), (2, 12), 1, 5)
+  changed = tokens.at[:, 2].set(5 - tokens[:, 2])
+  reach = 2 + (window - 1) * (depth + 2)
+  a, b = (anira.apply(params, t, train=False, path=path).logits_BxLxV for t in (tokens, changed))
+  np.testing.assert_allclose(a[:, reach + 1:], b[:, reach + 1:], atol=1e-6)
+  assert np.abs(np.asarray(a[:, reach] - b[:, reach])).max() > 1e-4
+  np.testing.assert_allclose(a[:, :2], b[:, :2], atol=1e-6)
 
 
 def test_causality_by_gradient():

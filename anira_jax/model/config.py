@@ -46,6 +46,9 @@ class ModelConfig(options.Options):
   rope_theta: float = 10_000.0  # RoPE's base
   rope_scaling: str = ''  # a checkpoint's rope_scaling as JSON ('' = none; rope_type 'llama3')
   tie_embeddings: bool = False  # the LM head reads the token embedding matrix (llama only)
+  # W > 0: every layer's query sees only itself and the W - 1 positions before it (a local,
+  # scan-like model whose reach grows with depth); 0: every earlier position
+  attention_window: int = 0
 
   @property
   def head_dim(self) -> int:
@@ -72,7 +75,8 @@ class ModelConfig(options.Options):
     options.choice(f'{path}.state_init', self.state_init, STATE_INITS)
     for field in ('width', 'num_heads', 'mlp_ratio', 'core_layers', 'max_depth', 'max_len'):
       options.integer(f'{path}.{field}', getattr(self, field), 1)
-    for field in ('prelude_layers', 'coda_layers', 'num_kv_heads', 'mlp_hidden'):
+    for field in ('prelude_layers', 'coda_layers', 'num_kv_heads', 'mlp_hidden',
+                  'attention_window'):
       options.integer(f'{path}.{field}', getattr(self, field), 0)
     options.number(f'{path}.norm_eps', self.norm_eps)
     options.number(f'{path}.rope_theta', self.rope_theta)

@@ -26,6 +26,11 @@ hold KV heads.
 On one CPU device, float32 attention with head dims 16/32/64/128 runs in a fused kernel
 (`cpu_attention`, compiled on first use); elsewhere, or without a C++ compiler, as the plain JAX
 below. Both compute the same function (tests/test_cpu_attention.py).
+
+A model with an attention window (`ModelConfig.attention_window` W > 0: a query sees itself and
+the W - 1 positions before it) attends in plain JAX on every path: the kernel and the blocked
+causal path implement only the full causal mask. Every function below takes the window, so
+training, the inference loop, compaction and decoding apply the same mask.
 """
 
 from __future__ import annotations
@@ -152,7 +157,7 @@ class Block(nn.Module):
   def __call__(self, x_BxLxD: jax.Array, positions_L: jax.Array) -> jax.Array:
     """The block on one whole sequence; `positions_L` is 0..L-1 (the mask is by index)."""
     q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = self.project(x_BxLxD, positions_L)
-    attn_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    attn_BxLxHxK = causal_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, self.cfg.attention_window)
     return self.update(x_BxLxD, attn_BxLxHxK)
 
 
@@ -188,9 +193,17 @@ def share_kv(q_BxSxHxK: jax.Array, k_BxNxGxK: jax.Array, v_BxNxGxK: jax.Array):
   return jnp.repeat(k_BxNxGxK, groups, axis=-2), jnp.repeat(v_BxNxGxK, groups, axis=-2)
 
 
-def causal_mask(positions_L: jax.Array) -> jax.Array:
-  """[1, L, L]: query i sees key j iff j <= i (one sequence, shared by the batch)."""
-  return (positions_L[None, :] <= positions_L[:, None])[None]
+def causal_mask(positions_L: jax.Array, window: int = 0) -> jax.Array:
+  """[1, L, L]: query i sees key j iff j <= i, and with a window W > 0 also i - j < W (one
+  sequence, shared by the batch)."""
+  return visible(positions_L[:, None], positions_L[None, :], window)[None]
+
+
+def visible(q_positions: jax.Array, k_positions: jax.Array, window: int = 0) -> jax.Array:
+  """Whether a query at `q_positions` sees a key at `k_positions` (broadcast together): the key
+  is not later, and with a window W > 0 fewer than W positions earlier."""
+  seen = k_positions <= q_positions
+  return seen & (q_positions - k_positions < window) if window else seen
 
 
 def attention(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
@@ -253,15 +266,20 @@ def _causal_blocks(length: int) -> list[tuple[int, int]]:
 
 
 def causal_attention(q_BxLxHxK: jax.Array, k_BxLxHxK: jax.Array,
-                     v_BxLxHxK: jax.Array) -> jax.Array:
-  """`attention` with the causal mask of one sequence (query i sees keys j <= i): [B, L, H, K].
+                     v_BxLxHxK: jax.Array, window: int = 0) -> jax.Array:
+  """`attention` with the causal mask of one sequence (query i sees keys j <= i; with a window
+  W > 0, only i - W < j <= i): [B, L, H, K].
 
   In the fused CPU kernel where it applies (`cpu_attention.supports`), else in plain JAX
   (`blocked_causal_attention`). Both have their own backward pass and save, for the checkpoint
-  policy, their output and row log-sum-exp under ATTENTION_OUT and ATTENTION_LOGSUMEXP.
-  Keys/values may have fewer heads (`share_kv`).
+  policy, their output and row log-sum-exp under ATTENTION_OUT and ATTENTION_LOGSUMEXP. With a
+  window, `attention` under `causal_mask`, differentiated by JAX. Keys/values may have fewer
+  heads (`share_kv`).
   """
   k_BxLxHxK, v_BxLxHxK = share_kv(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+  if window:
+    positions_L = jnp.arange(q_BxLxHxK.shape[1])
+    return attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, causal_mask(positions_L, window))
   if cpu_attention.supports(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
     batch, length = q_BxLxHxK.shape[:2]
     positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
@@ -356,9 +374,10 @@ blocked_causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
 
 
 def attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
-           q_positions_BxS: jax.Array) -> jax.Array:
+           q_positions_BxS: jax.Array, window: int = 0) -> jax.Array:
   """Attention of S queries over a cache of N keys at positions 0..N-1, causal by ORIGINAL
-  sequence position: query s sees key n iff n <= q_positions[b, s] (which must be < N).
+  sequence position: query s sees key n iff n <= q_positions[b, s] (which must be < N), and
+  with a window W > 0 also n > q_positions[b, s] - W (`visible`).
 
   So a gathered subset of queries over the whole key cache gives what the full causal block
   gives those tokens. Returns [B, S, H, K]. In the fused CPU kernel where it applies, which also
@@ -366,20 +385,22 @@ def attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
   fewer heads (`share_kv`).
   """
   k_BxNxHxK, v_BxNxHxK = share_kv(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK)
-  if cpu_attention.supports(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK):
+  if not window and cpu_attention.supports(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK):
     return _fused_attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS)
-  return plain_attend(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS)
+  return plain_attend(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_BxS, window)
 
 
 def plain_attend(q_BxSxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
-                 q_positions_BxS: jax.Array) -> jax.Array:
-  """`attend` in plain JAX: every query scored against all N keys, the later ones masked."""
-  mask_BxSxN = jnp.arange(k_BxNxHxK.shape[1])[None, None, :] <= q_positions_BxS[:, :, None]
+                 q_positions_BxS: jax.Array, window: int = 0) -> jax.Array:
+  """`attend` in plain JAX: every query scored against all N keys, the invisible ones masked."""
+  mask_BxSxN = visible(q_positions_BxS[:, :, None], jnp.arange(k_BxNxHxK.shape[1])[None, None],
+                       window)
   return attention(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, mask_BxSxN)
 
 
 def attend_ragged(q_TxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array,
-                  q_positions_T: jax.Array, row_starts_B1: jax.Array) -> jax.Array:
+                  q_positions_T: jax.Array, row_starts_B1: jax.Array,
+                  window: int = 0) -> jax.Array:
   """`attend` for rows with different numbers of queries, all in one [T, H, K] array: row b's
   are q[row_starts[b] : row_starts[b + 1]] (row_starts [B + 1], ascending from 0); queries past
   row_starts[B] are padding, their output zeros. Returns [T, H, K]. Inference only.
@@ -387,10 +408,10 @@ def attend_ragged(q_TxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array
   Compaction's layout (a [B, S] one would pad every row to the busiest). Where the CPU kernel
   applies it reads this layout as it is; the plain JAX path places row b's queries in slots 0..
   of a [B, min(T, N)] layout, so its attention may cost up to a full causal pass. Keys/values
-  may have fewer heads (`share_kv`).
+  may have fewer heads (`share_kv`); `window` as in `attend`.
   """
   k_BxNxHxK, v_BxNxHxK = share_kv(q_TxHxK, k_BxNxHxK, v_BxNxHxK)
-  if cpu_attention.supports(q_TxHxK, k_BxNxHxK, v_BxNxHxK):
+  if not window and cpu_attention.supports(q_TxHxK, k_BxNxHxK, v_BxNxHxK):
     return cpu_attention.ragged_forward(q_TxHxK, k_BxNxHxK, v_BxNxHxK, q_positions_T,
                                         row_starts_B1)[0]
   total, (batch, length) = q_TxHxK.shape[0], k_BxNxHxK.shape[:2]
@@ -402,7 +423,7 @@ def attend_ragged(q_TxHxK: jax.Array, k_BxNxHxK: jax.Array, v_BxNxHxK: jax.Array
       rows_T, slots_T].set(q_TxHxK, mode='drop')
   positions_BxS = jnp.zeros((batch, slots), jnp.int32).at[rows_T, slots_T].set(
       q_positions_T.astype(jnp.int32), mode='drop')
-  out_BxSxHxK = plain_attend(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, positions_BxS)
+  out_BxSxHxK = plain_attend(q_BxSxHxK, k_BxNxHxK, v_BxNxHxK, positions_BxS, window)
   out_TxHxK = out_BxSxHxK[jnp.minimum(rows_T, batch - 1), jnp.minimum(slots_T, slots - 1)]
   return jnp.where((rows_T < batch)[:, None, None], out_TxHxK, 0).astype(q_TxHxK.dtype)
 
