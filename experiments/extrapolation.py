@@ -110,6 +110,10 @@ GRID = {
         'fixed + random depth': 'decider=fixed,random_depth=example',
         'act': 'decider=act',
         'ponder': 'decider=ponder',
+        # A window of 2 (see `window`): D = 20 covers the training lengths' reach.
+        'online + window': 'decider=online,depth=20,window=2',
+        'tied + window': 'decider=tied,depth=20,window=2',
+        'early + window': 'decider=early,depth=20,window=2',
     },
     'mano': {
         'online': 'decider=online',
@@ -118,7 +122,9 @@ GRID = {
     },
 }
 SEEDS = (0, 1, 2)
-ONE_SEED = ('act', 'ponder')  # trained with seed 0 only (see above)
+# Trained with seed 0 only: ACT and PonderNet (see above), and ANIRA-E with a window, which
+# must fix a token's depth before it has read anything beyond its neighbour.
+ONE_SEED = ('act', 'ponder', 'early + window')
 EVAL_BATCHES = 1  # evaluation batches per split (of config.eval.batch_size = 128 sequences)
 # Zero-shot exits (every registered decider with a threshold sweep), evaluated on the
 # checkpoints of `EXIT_HOSTS`.
