@@ -122,8 +122,9 @@ GRID = {
     },
 }
 SEEDS = (0, 1, 2)
-# Trained with seed 0 only: ACT and PonderNet (see above), and ANIRA-E with a window, which
-# must fix a token's depth before it has read anything beyond its neighbour.
+# Trained with seed 0 only: ACT and PonderNet (see above), and ANIRA-E with a window (its prelude
+# sees a token and its neighbour only, so it cannot know how far back the answer lies: one seed
+# says whether it learns the depth anyway).
 ONE_SEED = ('act', 'ponder', 'early + window')
 EVAL_BATCHES = 1  # evaluation batches per split (of config.eval.batch_size = 128 sequences)
 # Zero-shot exits (every registered decider with a threshold sweep), evaluated on the
