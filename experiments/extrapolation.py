@@ -114,6 +114,10 @@ GRID = {
         'online + window': 'decider=online,depth=20,window=2',
         'tied + window': 'decider=tied,depth=20,window=2',
         'early + window': 'decider=early,depth=20,window=2',
+        'fixed + iteration loss + window':
+            'decider=fixed,depth=20,window=2,iteration_loss=1,solvable=1',
+        'online + iteration loss + window':
+            'decider=online,depth=20,window=2,iteration_loss=1,solvable=1',
     },
     'mano': {
         'online': 'decider=online',
