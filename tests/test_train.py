@@ -369,8 +369,8 @@ def test_attention_backward_pass_gives_plain_autodiff_gradients(decider, block, 
   saves = lambda fn, args: layers.ATTENTION_OUT in str(jax.make_jaxpr(fn)(*args))
   assert saves(fn, args)  # what only the custom forward pass names
   grads, metrics = jax.jit(fn)(*args)
-  monkeypatch.setattr(layers, 'causal_attention', lambda q, k, v: layers.attention(
-      q, k, v, layers.causal_mask(jnp.arange(q.shape[1]))))
+  monkeypatch.setattr(layers, 'causal_attention', lambda q, k, v, window: layers.attention(
+      q, k, v, layers.causal_mask(jnp.arange(q.shape[1]), window)))
   ref_fn, ref_args = _gradients_with(decider)
   assert not saves(ref_fn, ref_args)
   ref_grads, ref_metrics = jax.jit(ref_fn)(*ref_args)
