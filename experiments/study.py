@@ -209,13 +209,20 @@ def _ci(x: dict, digits: int = 3) -> str:
                                    f' [{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]')
 
 
+def _per_seed(x: dict) -> str:
+  """Each seed's value, the ones below `LEARNED` in italics: the runs the mean hides."""
+  values = x.get('per_run') or []
+  return ' · '.join('–' if v is None else fmt(v) if v >= LEARNED else f'*{fmt(v)}*'
+                    for v in values) or '–'
+
+
 def table(figures: dict, verdict_table: dict, timing: dict, cue: dict) -> str:
   """The study as markdown: accuracy, depth and headline alignment per (cell, decider); the
   verdicts; alignment with every feature at the three positions; the static cue (MANO); BREVO's
   decision timing."""
   lines = ['| cell | decider | seeds | accuracy kind | ' + ' | '.join(
-      ['acc in dist.', 'acc held-out', 'acc longer', 'acc longer at 2D', 'depth in dist.',
-       'depth longer', 'ρ(E[d], feature)']) + ' |', '|' + '---|' * 11]
+      ['acc in dist.', 'per seed', 'acc held-out', 'acc longer', 'acc longer at 2D',
+       'depth in dist.', 'depth longer', 'ρ(E[d], feature)']) + ' |', '|' + '---|' * 12]
   for cell, by_decider in figures.items():
     for decider, f in by_decider.items():
       d = f['max_depth']
@@ -223,6 +230,7 @@ def table(figures: dict, verdict_table: dict, timing: dict, cue: dict) -> str:
       lines.append(
           f'| {cell} | {decider} | {f["seeds"]} | {f["accuracy_kind"]} | '
           f'{_ci(get(f"accuracy/in_distribution/T{d}"))} | '
+          f'{_per_seed(get(f"accuracy/in_distribution/T{d}"))} | '
           f'{_ci(get(f"accuracy/held_out/T{d}"))} | {_ci(get(f"accuracy/longer/T{d}"))} | '
           f'{_ci(get(f"accuracy/longer/T{2 * d}"))} | '
           f'{_ci(get(f"depth/in_distribution/T{d}"), 2)} | '

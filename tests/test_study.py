@@ -74,11 +74,18 @@ def test_figures_and_verdicts_of_constructed_runs():
 
 def test_verdicts_are_withheld_where_the_task_is_not_learned():
   rng = np.random.default_rng(2)
-  runs = [_records(rng, acc_in=0.6) for _ in range(2)]
+  runs = [_records(rng, acc_in=0.6), _records(rng, acc_in=0.97)]
   figures = {'lano': {'early': study.cell_figures('lano', 'early', runs, n_boot=40)}}
   assert not study.learned(figures['lano']['early'])
   claims = study.verdicts(figures)['lano']['early']
   assert set(claims.values()) == {study.WITHHELD}  # even the alignment, which is there
+  # the table names the seed below the bar (italic) beside the one above it
+  row = next(r for r in study.table(figures, study.verdicts(figures), {}, {})
+             .splitlines() if r.startswith('| lano | early |'))
+  low, high = row.split('|')[6].split('·')
+  assert low.strip()[0] == low.strip()[-1] == '*'
+  assert float(low.strip(' *')) == pytest.approx(0.6, abs=0.03)
+  assert float(high) == pytest.approx(0.97, abs=0.015)
 
 
 def _cue_figures(rho_early, rho_online, acc_online=0.99):
