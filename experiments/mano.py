@@ -45,8 +45,8 @@ def get_config(arg=None):
   elif args.scale == 'study':
     # The narrowest range with three training sizes, a held-out one and longer ones. Not yet
     # learned: a 3,000-step run continued to 9,000 reached L = 1 and 2 exactly but L = 4 at
-    # 0.43 (README, the study's status); the held-out L = 3 and longer L bring marker tokens
-    # never trained.
+    # 0.43 (README, *MANO* in the study's section); the held-out L = 3 and longer L bring marker
+    # tokens never trained.
     config = common.task_experiment('mano', train='1-4', holdout='3', longer='5-6',
                                     options=options, decider=args.decider)
     config.model.update(width=128, num_heads=4, max_depth=6, position='sinusoidal')
