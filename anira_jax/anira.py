@@ -40,19 +40,21 @@ class Anira:
   def apply(self, params: dict, tokens_BxL: jax.Array, *, train: bool, key: jax.Array | None = None,
             complexity_BxL: jax.Array | None = None, path: str = 'unroll',
             max_depth: int | None = None, collect_states: bool = False,
-            depth_cap_BxL: jax.Array | None = None) -> Output:
+            depth_cap_BxL: jax.Array | None = None,
+            vectors_BxLxF: jax.Array | None = None) -> Output:
     """Logits and the per-token trajectory for a batch of token ids.
 
     `max_depth` raises (or lowers) T at evaluation; the trained D is the default. Padding
     (token 0) never keeps the inference loop running. `depth_cap` (training's random depth)
-    stops each token after that many iterations whatever the decider says.
+    stops each token after that many iterations whatever the decider says. `vectors` are the
+    task's real-valued inputs per position, for a model with `vector_size` > 0.
     """
     if path not in PATHS:
       raise ValueError(f'path={path!r}; choose one of {PATHS}')
     ctx = recurrence.context(self.decider, self.model_cfg, train=train, key=key,
                              complexity_BxL=complexity_BxL, max_depth=max_depth,
                              depth_cap_BxL=depth_cap_BxL)
-    h0_BxLxD = self.network.embed(params['model'], tokens_BxL)
+    h0_BxLxD = self.network.embed(params['model'], tokens_BxL, vectors_BxLxF)
     if path == 'unroll':
       trajectory = recurrence.unroll(self.network, self.decider, params, h0_BxLxD, ctx,
                                      collect_states=collect_states, remat=self.model_cfg.remat)

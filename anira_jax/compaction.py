@@ -314,8 +314,8 @@ def compacted_loop(anira: Anira, params: dict, h0_BxLxD: jax.Array, ctx: decider
 
 def run_compacted(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
                   complexity_BxL: jax.Array | None = None, max_depth: int | None = None,
-                  buckets: Sequence[int] | None = None,
-                  dense_fraction: float = 0.75) -> CompactedOutput:
+                  buckets: Sequence[int] | None = None, dense_fraction: float = 0.75,
+                  vectors_BxLxF: jax.Array | None = None) -> CompactedOutput:
   """Inference (train=False) logits and trajectory of `anira.apply(..., path='loop')`, computed
   with compaction. Jittable; one compilation per (batch, length) shape.
 
@@ -328,6 +328,7 @@ def run_compacted(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
     buckets: static buffer sizes, in tokens of the whole batch; a compute set larger than the
       largest runs the dense step. Default: `bucket_sizes(B * L, dense_fraction=...)`.
     dense_fraction: where the default ladder ends and the dense step takes over.
+    vectors_BxLxF: the task's real-valued inputs, for a model with `vector_size` > 0.
 
   Returns:
     CompactedOutput(logits_BxLxV, trajectory, work). Depths of padding positions are 0.
@@ -338,7 +339,7 @@ def run_compacted(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
   if buckets is None:
     buckets = bucket_sizes(tokens, dense_fraction=dense_fraction)
   buckets = tuple(sorted({int(s) for s in buckets if 1 <= s < tokens}))
-  h0_BxLxD = anira.network.embed(params['model'], tokens_BxL)
+  h0_BxLxD = anira.network.embed(params['model'], tokens_BxL, vectors_BxLxF)
   trajectory, work = compacted_loop(anira, params, h0_BxLxD, ctx, tokens_BxL != 0,
                                     buckets=buckets)
   logits_BxLxV = anira.network.readout(params['model'], trajectory.state_BxLxD)

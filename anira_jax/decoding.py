@@ -129,9 +129,11 @@ def _stack(net, blocks, x_Bx1xD, position, cache_k, cache_v):
 
 def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
                 position: jax.Array, complexity_B: jax.Array | None = None,
-                max_depth: int | None = None) -> tuple[StepOutput, Cache]:
+                max_depth: int | None = None,
+                vectors_BxF: jax.Array | None = None) -> tuple[StepOutput, Cache]:
   """Position `position` of every row: the new token's logits, depth and q, and the cache with
-  its keys/values at every level. Positions must be decoded in order from 0."""
+  its keys/values at every level. Positions must be decoded in order from 0. `vectors` are the
+  position's real-valued inputs, for a model with `vector_size` > 0."""
   net, decider, cfg = anira.network, anira.decider, anira.model_cfg
   complexity_Bx1 = None if complexity_B is None else complexity_B[:, None]
   ctx = recurrence.context(decider, cfg, train=False, complexity_BxL=complexity_Bx1,
@@ -140,7 +142,8 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
   position = jnp.asarray(position, jnp.int32)
   model = params['model']
 
-  x_Bx1xD = net.embed_inputs(model, tokens_B[:, None], position[None])
+  x_Bx1xD = net.embed_inputs(model, tokens_B[:, None], position[None],
+                             None if vectors_BxF is None else vectors_BxF[:, None])
   h0_Bx1xD, prelude_k, prelude_v = _stack(net, net.prelude_blocks(model), x_Bx1xD, position,
                                           cache.prelude_k, cache.prelude_v)
 
@@ -221,8 +224,8 @@ def decode_step(anira: Anira, params: dict, cache: Cache, tokens_B: jax.Array,
 
 
 def decode_logits(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
-                  complexity_BxL: jax.Array | None = None,
-                  max_depth: int | None = None) -> Output:
+                  complexity_BxL: jax.Array | None = None, max_depth: int | None = None,
+                  vectors_BxLxF: jax.Array | None = None) -> Output:
   """`anira.apply(..., train=False, path='loop')` computed token by token with the cache.
 
   Returns an `anira.Output`; `trajectory.iterations` is the deepest token's depth and the
@@ -232,14 +235,16 @@ def decode_logits(anira: Anira, params: dict, tokens_BxL: jax.Array, *,
   max_depth = max_depth or anira.model_cfg.max_depth
   cache = init_cache(anira, batch, length, max_depth)
   complexity_LxB = None if complexity_BxL is None else complexity_BxL.T
+  vectors_LxBxF = None if vectors_BxLxF is None else jnp.swapaxes(vectors_BxLxF, 0, 1)
 
   def step(cache, inputs):
-    position, tokens_B, complexity_B = inputs
-    out, cache = decode_step(anira, params, cache, tokens_B, position, complexity_B, max_depth)
+    position, tokens_B, complexity_B, vectors_BxF = inputs
+    out, cache = decode_step(anira, params, cache, tokens_B, position, complexity_B, max_depth,
+                             vectors_BxF)
     return cache, out
 
   _, outs = jax.lax.scan(step, cache, (jnp.arange(length, dtype=jnp.int32), tokens_BxL.T,
-                                       complexity_LxB))
+                                       complexity_LxB, vectors_LxBxF))
   swap = lambda x: jnp.swapaxes(x, 0, 1)
   depth_BxL = swap(outs.depth_B)
   decision = deciders.Decision(q_BxLxT=swap(outs.q_BxT), head_calls_BxL=swap(outs.head_calls_B),

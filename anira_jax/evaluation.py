@@ -37,6 +37,7 @@ from anira_jax.experiment import Experiment
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation data never shares a stream with training data
 DEVICE_KEYS = ('tokens', 'targets', 'loss_mask', 'complexity')
+OPTIONAL_DEVICE_KEYS = ('vectors',)  # a vector task's real-valued inputs (`Example.vectors`)
 
 Sets = dict[str, tuple[tuple[int, ...], Callable[[], Iterable[dict]]]]
 
@@ -81,7 +82,8 @@ def eval_sets(experiment: Experiment, workdir: str | pathlib.Path) -> Sets:
 
 def device_batch(batch: dict) -> dict:
   """The arrays the model's steps read (features and sizes stay on the host)."""
-  return {k: batch[k] for k in DEVICE_KEYS}
+  return ({k: batch[k] for k in DEVICE_KEYS}
+          | {k: batch[k] for k in OPTIONAL_DEVICE_KEYS if k in batch})
 
 
 def rows_over_mesh(arrays: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
@@ -111,7 +113,8 @@ def eval_step(params: dict, batch: dict, key: jax.Array, *, anira: Anira,
   """Per-token outcomes of the inference loop on one batch, for the host's `Trace`, and the
   loop's iteration count; `key` is read only by rule='sample'."""
   out = anira.apply(params, batch['tokens'], train=False, key=key,
-                    complexity_BxL=batch['complexity'], path='loop', max_depth=max_depth)
+                    complexity_BxL=batch['complexity'], path='loop', max_depth=max_depth,
+                    vectors_BxLxF=batch.get('vectors'))
   per_token = {
       'correct': jnp.argmax(out.logits_BxLxV, -1) == batch['targets'],
       'depth': out.trajectory.depth_BxL,

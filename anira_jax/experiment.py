@@ -70,8 +70,9 @@ def eval_splits(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]
   return {name: sizes for name, sizes in splits.items() if sizes}
 
 
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
-  return ModelConfig.from_section(config.model, 'model', vocab_size=vocab_size)
+def model_config(config: ml_collections.ConfigDict, task: tasks.Task) -> ModelConfig:
+  return ModelConfig.from_section(config.model, 'model', vocab_size=task.vocab_size,
+                                  vector_size=task.vector_size)
 
 
 def decider_options(config: ml_collections.ConfigDict,
@@ -153,7 +154,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     raise ConfigError('config.eval.splits is empty and the task names no sizes to derive '
                       'them from')
   _check_sizes(task, config, sizes, splits)
-  model = model_config(config, task.vocab_size)
+  model = model_config(config, task)
   longest = max(task.seq_len(max(v)) for v in (sizes, *splits.values()))
   if model.position == 'learned' and longest > model.max_len:
     raise ConfigError(f'config.model.max_len={model.max_len} is shorter than the longest '

@@ -56,10 +56,11 @@ _EXPECTED = (f'expected a training workdir (holding {checkpoint.CHECKPOINT_DIR}/
              'directory')
 
 
-def _trace_arrays(params, tokens_BxL, complexity_BxL, key, *, anira: Anira, max_depth: int,
-                  states: bool) -> dict:
+def _trace_arrays(params, tokens_BxL, complexity_BxL, vectors_BxLxF, key, *, anira: Anira,
+                  max_depth: int, states: bool) -> dict:
   out = anira.apply(params, tokens_BxL, train=False, key=key, complexity_BxL=complexity_BxL,
-                    path='loop', max_depth=max_depth, collect_states=True)
+                    path='loop', max_depth=max_depth, collect_states=True,
+                    vectors_BxLxF=vectors_BxLxF)
   traj = out.trajectory
   step_logits_TxBxLxV = anira.readout_every_iteration(params, traj.states_TxBxLxD)
   probs_TxBxLxV = jax.nn.softmax(step_logits_TxBxLxV.astype(jnp.float32), -1)
@@ -299,9 +300,14 @@ class Run:
     if anira.decider.reads_complexity and 'complexity' not in batch:
       raise ValueError(f'the {anira.decider.name} decider reads the complexity annotation: '
                        'trace a batch, not bare tokens')
+    if anira.model_cfg.vector_size and 'vectors' not in batch:
+      raise ValueError(f'the {self.task.name} model reads a vector per position besides its '
+                       'token: trace a batch (with its "vectors"), not bare tokens')
     complexity_BxL = np.asarray(batch.get('complexity', np.zeros(tokens_BxL.shape)), np.float32)
+    vectors_BxLxF = batch.get('vectors')
     out = jax.device_get(_jitted_trace(anira, max_depth, states)(
         self.params_for(anira), tokens_BxL, complexity_BxL,
+        None if vectors_BxLxF is None else np.asarray(vectors_BxLxF, np.float32),
         evaluation.sampling_key(batch_index)))
     targets = batch.get('targets')
     return Trace(

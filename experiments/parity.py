@@ -8,18 +8,24 @@ Trains ANIRA-E on bit strings of length 1-16 and evaluates in distribution and o
 (17-24, never seen). The shared depth prior b = 1.5 charges log 1.5 per iteration; without a
 charge (b = 1) on strings up to 8 long, every token can be answered at depth 1 and depth need
 not follow difficulty. Variants: `decider=NAME` (any registered decider), `quick` (a few steps,
-for smoke tests), `ponder` (PonderNet's sparse ±1 layout: 96 entries, train 1-48 non-zero, test
-49-96).
+for smoke tests), `ponder` (PonderNet's parity benchmark: vectors of 96 entries, 1-48 of them ±1
+in training, 49-96 at test, in PonderNet's own input format: the whole vector read at one
+position, tasks/parity.py's `vector` layout), `ponder,tokens` (the same vectors one entry per
+token, the one target at the last: a harder setting than PonderNet's, not learned here).
 """
 
 from experiments import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, decider='early', quick=False, ponder=False)
+  args = common.parse_arg(arg, decider='early', quick=False, ponder=False, tokens=False)
+  if args.tokens and not args.ponder:
+    raise ValueError("config argument 'tokens' picks the layout of PonderNet's benchmark: use "
+                     "it with 'ponder' (experiments/parity.py:ponder,tokens)")
   if args.ponder:
     config = common.task_experiment('parity', train='1-48', longer='49-96',
-                                    options={'layout': 'ponder'}, decider=args.decider)
+                                    options={'layout': 'ponder' if args.tokens else 'vector'},
+                                    decider=args.decider)
   else:
     config = common.task_experiment('parity', train='1-16', longer='17-24', decider=args.decider)
   # Counting needs to know how many tokens came before: sinusoidal absolute positions give

@@ -17,7 +17,10 @@ Conventions every task follows:
   with, and the only annotation the `oracle` decider may read);
 - `features[name][i]` are further per-token annotations, for analysis only;
 - `annotated[i]` marks the positions where the annotations are defined and that count as real
-  predictions in the analyses (by default the scored positions, `loss_mask`).
+  predictions in the analyses (by default the scored positions, `loss_mask`);
+- `vectors[i]` (tasks with `vector_size` > 0 only) is a real-valued input that position i reads
+  besides its token: the model adds a learned linear map of it to the token's embedding. It is
+  how a whole input vector reaches one position (PonderNet's parity, `tasks/parity.py`).
 
 A task also owns its analysis metadata (class attributes below): which features the study
 correlates depth with, how they group for the decision-timing regression and its categorical
@@ -48,6 +51,7 @@ class Example:
   complexity: np.ndarray  # float32
   features: dict[str, np.ndarray]  # name -> float32 [T]
   annotated: np.ndarray | None = None  # bool: where annotations count; None = loss_mask
+  vectors: np.ndarray | None = None  # float32 [T, F]: inputs besides the tokens (vector tasks)
 
   def __post_init__(self):
     length = len(self.tokens)
@@ -58,6 +62,8 @@ class Example:
                         *self.features.items()]:
       if array.shape != (length,):
         raise ValueError(f'{name} has shape {array.shape}, expected ({length},)')
+    if self.vectors is not None and (self.vectors.ndim != 2 or len(self.vectors) != length):
+      raise ValueError(f'vectors has shape {self.vectors.shape}, expected ({length}, F)')
 
 
 class Task(abc.ABC):
@@ -98,6 +104,12 @@ class Task(abc.ABC):
   @property
   def vocab_size(self) -> int:
     return len(self.vocab)
+
+  @property
+  def vector_size(self) -> int:
+    """F, the size of the real-valued input every position reads besides its token
+    (`Example.vectors`); 0 = tokens only, as for most tasks."""
+    return 0
 
   def valid_sizes(self) -> tuple[int, int]:
     """The smallest and largest size this task can generate (inclusive)."""
@@ -143,8 +155,8 @@ def make_batch(examples: Sequence[Example], sizes: Sequence[int], seq_len: int,
   """Pads examples to `seq_len` on the right and stacks them into a batch of numpy arrays.
 
   Returns a dict with `tokens`, `targets` [B, seq_len] int32, `loss_mask` and `annotated`
-  [B, seq_len] bool, `complexity` [B, seq_len] float32, `size` [B] int32, and `features`
-  {name: [B, seq_len]}.
+  [B, seq_len] bool, `complexity` [B, seq_len] float32, `size` [B] int32, `features`
+  {name: [B, seq_len]}, and, when the examples carry vectors, `vectors` [B, seq_len, F] float32.
   Right padding keeps causal attention from ever reading a pad token from a real one.
   """
   batch_size = len(examples)
@@ -154,6 +166,11 @@ def make_batch(examples: Sequence[Example], sizes: Sequence[int], seq_len: int,
   annotated = np.zeros((batch_size, seq_len), bool)
   complexity = np.zeros((batch_size, seq_len), np.float32)
   features = {name: np.zeros((batch_size, seq_len), np.float32) for name in feature_names}
+  if len({ex.vectors is None for ex in examples}) > 1:
+    raise ValueError('some examples carry vectors and some do not')
+  with_vectors = bool(examples) and examples[0].vectors is not None
+  if with_vectors:
+    vectors = np.zeros((batch_size, seq_len, examples[0].vectors.shape[1]), np.float32)
   for b, ex in enumerate(examples):
     n = len(ex.tokens)
     if n > seq_len:
@@ -163,12 +180,16 @@ def make_batch(examples: Sequence[Example], sizes: Sequence[int], seq_len: int,
     loss_mask[b, :n] = ex.loss_mask
     annotated[b, :n] = ex.annotated
     complexity[b, :n] = ex.complexity
+    if with_vectors:
+      vectors[b, :n] = ex.vectors
     for name in feature_names:
       if name in ex.features:  # absent: an annotation the stream skipped (Task.annotate)
         features[name][b, :n] = ex.features[name]
-  return dict(tokens=tokens, targets=targets, loss_mask=loss_mask, annotated=annotated,
-              complexity=complexity,
-              size=np.asarray(sizes, np.int32), features=features)
+  batch = dict(tokens=tokens, targets=targets, loss_mask=loss_mask, annotated=annotated,
+               complexity=complexity, size=np.asarray(sizes, np.int32), features=features)
+  if with_vectors:
+    batch['vectors'] = vectors
+  return batch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -132,6 +132,8 @@ class AniraEvalSet(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
     task = tasks.make(config.task_name, **config.task_options)
+    vectors = ({'vectors': tfds.features.Tensor(shape=(None, task.vector_size), dtype=np.float32)}
+               if task.vector_size else {})
     features = tfds.features.FeaturesDict({
         'tokens': _sequence(np.int32),
         'targets': _sequence(np.int32),
@@ -141,6 +143,7 @@ class AniraEvalSet(tfds.core.GeneratorBasedBuilder):
         'size': tfds.features.Scalar(dtype=np.int32),
         'features': tfds.features.FeaturesDict(
             {name: _sequence(np.float32) for name in task.feature_names}),
+        **vectors,
     })
     params = _canonical(config.task_name, config.task_options, config.splits, config.seed,
                         config.examples_per_split)
@@ -160,9 +163,12 @@ class AniraEvalSet(tfds.core.GeneratorBasedBuilder):
     task = tasks.make(config.task_name, **config.task_options)
     for j in range(config.examples_per_split):
       size, ex = draw(task, config.splits[split], config.seed, split, j)
-      yield j, dict(tokens=ex.tokens, targets=ex.targets, loss_mask=ex.loss_mask,
+      record = dict(tokens=ex.tokens, targets=ex.targets, loss_mask=ex.loss_mask,
                     annotated=ex.annotated, complexity=ex.complexity, size=size,
                     features={name: ex.features[name] for name in task.feature_names})
+      if task.vector_size:
+        record['vectors'] = ex.vectors
+      yield j, record
 
 
 class _DropCustomConfigWarning(logging.Filter):
@@ -209,7 +215,9 @@ def _examples(records: Sequence[Mapping[str, Any]],
                        annotated=np.asarray(r['annotated'], bool),
                        complexity=np.asarray(r['complexity'], np.float32),
                        features={n: np.asarray(r['features'][n], np.float32)
-                                 for n in feature_names})
+                                 for n in feature_names},
+                       vectors=(np.asarray(r['vectors'], np.float32) if 'vectors' in r
+                                else None))
           for r in records]
 
 

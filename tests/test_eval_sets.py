@@ -23,12 +23,15 @@ def _size_from_example(task_name, options, ex):
     return int(np.searchsorted([3, 9, 27], len(ex['tokens']) - 2) + 1)
   if options.get('layout') == 'ponder':
     return int(np.sum(ex['tokens'] != 1))  # entries set to +1 or -1 (token 1 is '0')
+  if options.get('layout') == 'vector':
+    return int(np.sum(ex['vectors'] != 0))  # the same entries, read as one vector
   return len(ex['tokens'])
 
 
 CASES = [
     ('parity', {}, SPLITS),
     ('parity', {'layout': 'ponder', 'ponder_length': 16}, SPLITS),
+    ('parity', {'layout': 'vector', 'ponder_length': 16}, SPLITS),
     ('mano', {}, {'train_range': (1, 2, 3, 5), 'longer': (9, 12)}),
     # LANO's parse and Bayes features come from `Task.annotate`.
     ('lano', {}, {'train_range': (1, 2), 'longer': (2, 3)}),
@@ -49,7 +52,8 @@ def test_stored_examples_equal_reference(tmp_path, task_name, options, splits):
     stored = list(sources[split])  # stored order must be generation order
     assert len(stored) == len(reference) == COUNT
     for record, ex in zip(stored, reference):
-      for field in FIELDS:
+      assert ('vectors' in record) == (ex.vectors is not None)
+      for field in FIELDS + (('vectors',) if ex.vectors is not None else ()):
         expected = getattr(ex, field)
         assert record[field].dtype == expected.dtype, field
         np.testing.assert_array_equal(record[field], expected, err_msg=field)
@@ -70,7 +74,8 @@ def test_load_batches_equal_make_batch(tmp_path, task_name, options, splits):
                            data_dir=str(tmp_path))
   for split, sizes in splits.items():
     reference = eval_sets.reference_examples(task_name, options, splits, SEED, COUNT, split)
-    ref_sizes = [_size_from_example(task_name, options, dict(tokens=ex.tokens))
+    ref_sizes = [_size_from_example(task_name, options, dict(tokens=ex.tokens,
+                                                             vectors=ex.vectors))
                  for ex in reference]
     for source, seq_len in [(builder, None), (read_only, None), (builder, 40)]:
       batches = list(eval_sets.load_batches(source, split, batch_size=8, seq_len=seq_len))
@@ -82,7 +87,7 @@ def test_load_batches_equal_make_batch(tmp_path, task_name, options, splits):
                                    task.feature_names)
         assert batch.keys() == expected.keys()
         assert batch['features'].keys() == expected['features'].keys()
-        for key in (*FIELDS, 'size'):
+        for key in (*FIELDS, 'size', *(('vectors',) if 'vectors' in expected else ())):
           assert batch[key].dtype == expected[key].dtype, key
           np.testing.assert_array_equal(batch[key], expected[key], err_msg=key)
         for feature in task.feature_names:

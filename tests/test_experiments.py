@@ -22,7 +22,7 @@ TASK_EXPERIMENTS = {name: importlib.import_module(f'experiments.{name}')
 VARIANTS = (None, 'quick', 'scale=cpu', 'scale=paper', 'scale=paper_large,quick')
 
 
-CASES = [(parity, None), (parity, 'quick'), (parity, 'ponder'),
+CASES = [(parity, None), (parity, 'quick'), (parity, 'ponder'), (parity, 'ponder,tokens'),
          *((module, variant) for module in TASK_EXPERIMENTS.values() for variant in VARIANTS)]
 
 

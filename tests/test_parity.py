@@ -35,6 +35,44 @@ def test_ponder_layout_by_brute_force():
     assert ex.complexity[-1] == size and ex.complexity[0] == (ex.tokens[0] != ZERO)
 
 
+def test_vector_layout_is_the_ponder_layouts_vector_at_one_position():
+  """The same draws give the same entries: the vector layout's one position reads them all and
+  carries the ponder layout's last target, complexity and count (brute force on the vector)."""
+  ponder, vector = (tasks.make('parity', layout=layout) for layout in ('ponder', 'vector'))
+  assert vector.vector_size == 96 and ponder.vector_size == 0 and vector.seq_len(48) == 1
+  assert vector.vocab[BOS] == '<s>'
+  for size in (1, 17, 48, 96):
+    ex_p, ex_v = (task.sample(np.random.default_rng(size), size) for task in (ponder, vector))
+    entries = ex_v.vectors[0]
+    assert ex_v.vectors.shape == (1, 96) and ex_v.vectors.dtype == np.float32
+    np.testing.assert_array_equal(entries, np.select([ex_p.tokens == ONE, ex_p.tokens == MINUS_ONE],
+                                                     [1, -1], 0))
+    assert np.sum(entries != 0) == size
+    assert ex_v.tokens.tolist() == [BOS] and ex_v.loss_mask.tolist() == [True]
+    assert ex_v.targets[0] == ex_p.targets[-1] == (ONE if np.sum(entries == 1) % 2 else ZERO)
+    assert ex_v.complexity[0] == ex_p.complexity[-1] == size
+    assert ex_v.features['ones_so_far'][0] == np.sum(entries == 1)
+
+
+def test_a_batch_of_vector_examples_pads_the_vectors_with_zeros():
+  task = tasks.make('parity', layout='vector', ponder_length=8)
+  rng = np.random.default_rng(0)
+  examples = [task.sample(rng, size) for size in (2, 7)]
+  batch = tasks.make_batch(examples, [2, 7], seq_len=3, feature_names=task.feature_names)
+  assert batch['vectors'].shape == (2, 3, 8) and batch['vectors'].dtype == np.float32
+  for b, ex in enumerate(examples):
+    np.testing.assert_array_equal(batch['vectors'][b, 0], ex.vectors[0])
+    assert not batch['vectors'][b, 1:].any()
+  assert 'vectors' not in tasks.make_batch([tasks.make('parity').sample(rng, 3)], [3], 3,
+                                           ('ones_so_far', 'position'))
+  with pytest.raises(ValueError, match='some examples carry vectors'):
+    tasks.make_batch([examples[0], tasks.make('parity').sample(rng, 1)], [2, 1], 3, ())
+  with pytest.raises(ValueError, match=r'vectors has shape \(8,\)'):
+    tasks.Example(tokens=np.ones(1, np.int32), targets=np.ones(1, np.int32),
+                  loss_mask=np.ones(1, bool), complexity=np.ones(1, np.float32), features={},
+                  vectors=np.zeros(8, np.float32))
+
+
 @pytest.mark.parametrize('layout', ['prefix', 'ponder'])
 def test_bos_puts_a_marker_without_target_ahead_of_the_same_example(layout):
   plain, marked = (tasks.make('parity', layout=layout, bos=b) for b in (False, True))
@@ -110,7 +148,9 @@ def test_curriculum_opens_sizes_smallest_first_then_is_the_plain_stream():
 def test_bad_inputs():
   with pytest.raises(ValueError, match='unknown task'):
     tasks.make('sudoku')
-  with pytest.raises(ValueError, match="layout must be 'prefix' or 'ponder'"):
+  with pytest.raises(ValueError, match="layout must be one of .*'vector'"):
     tasks.make('parity', layout='diagonal')
+  with pytest.raises(ValueError, match="bos=True has no meaning for layout='vector'"):
+    tasks.make('parity', layout='vector', bos=True)
   with pytest.raises(ValueError, match='cannot generate sizes'):
     tasks.Stream(tasks.make('parity', layout='ponder'), sizes=(97,), batch_size=1, seed=0)

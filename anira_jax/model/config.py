@@ -19,9 +19,13 @@ DTYPES = ('float32', 'bfloat16')
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(options.Options):
-  """Every field but `vocab_size` (the task's) is a `config.model` field with this default."""
+  """Every field but `vocab_size` and `vector_size` (the task's) is a `config.model` field with
+  this default."""
 
   vocab_size: int
+  # F > 0: every position also reads a real-valued vector of F entries (the task's
+  # `Example.vectors`), added to its embedding through a learned linear map; 0 = tokens only
+  vector_size: int = 0
   family: str = 'anira'  # the block: 'anira' (pre-norm, GELU MLP) | 'llama' (SwiGLU, no biases)
   width: int = 64
   num_heads: int = 4
@@ -50,6 +54,11 @@ class ModelConfig(options.Options):
   # scan-like model whose reach grows with depth); 0: every earlier position
   attention_window: int = 0
 
+  @classmethod
+  def defaults(cls) -> dict:
+    """`config.model`'s defaults: every field but the task's."""
+    return {k: v for k, v in super().defaults().items() if k != 'vector_size'}
+
   @property
   def head_dim(self) -> int:
     return self.width // self.num_heads
@@ -76,7 +85,7 @@ class ModelConfig(options.Options):
     for field in ('width', 'num_heads', 'mlp_ratio', 'core_layers', 'max_depth', 'max_len'):
       options.integer(f'{path}.{field}', getattr(self, field), 1)
     for field in ('prelude_layers', 'coda_layers', 'num_kv_heads', 'mlp_hidden',
-                  'attention_window'):
+                  'attention_window', 'vector_size'):
       options.integer(f'{path}.{field}', getattr(self, field), 0)
     options.number(f'{path}.norm_eps', self.norm_eps)
     options.number(f'{path}.rope_theta', self.rope_theta)

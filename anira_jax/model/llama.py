@@ -110,7 +110,7 @@ class LlamaReadout(nn.Module):
 class LlamaNetwork(network.Network):
   """`Network` with Llama's block, embedding (ids shifted by one) and readout.
 
-  Parameter tree as `Network`'s: {'embed': {'embedding' [V, D]}, 'prelude', 'core',
+  Parameter tree as `Network`'s: {'embed': {'embedding' [V, D]}, 'vectors'?, 'prelude', 'core',
   'adapter'?, 'iteration'?, 'readout': {'coda', 'final_norm', 'lm_head' [V, D] (untied)}}.
   """
 
@@ -122,7 +122,8 @@ class LlamaNetwork(network.Network):
                            embedding_init=nn.initializers.normal(0.02))
     self._readout = LlamaReadout(cfg)
 
-  def embed_inputs(self, params: dict, tokens_BxL: jax.Array, positions_L: jax.Array) -> jax.Array:
+  def embed_tokens(self, params: dict, tokens_BxL: jax.Array,
+                   positions_L: jax.Array) -> jax.Array:
     del positions_L  # RoPE: positions enter in attention
     # Our id i is the checkpoint's i - 1; padding (0) reads row 0, and is never read by others.
     return self._embed.apply({'params': params['embed']}, jnp.maximum(tokens_BxL - 1, 0))

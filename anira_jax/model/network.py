@@ -7,7 +7,7 @@
 recurrence (`anira_jax.recurrence`) can drive the core from `lax.scan`, `lax.while_loop` or a
 compacted schedule without the network knowing which.
 
-Parameter tree: {'embed', 'positions'?, 'prelude', 'core', 'adapter'?, 'iteration'?,
+Parameter tree: {'embed', 'positions'?, 'vectors'?, 'prelude', 'core', 'adapter'?, 'iteration'?,
 'readout'}. For the `standard` baseline `core` holds max_depth unshared blocks stacked on a
 leading axis, and iteration t uses slice t-1: the same code path with one more index.
 
@@ -59,6 +59,10 @@ class Network:
       params['positions'] = 0.02 * jax.random.normal(k_pos, (cfg.max_len, cfg.width))
     if cfg.iteration_embedding:
       params['iteration'] = 0.02 * jax.random.normal(k_iter, (cfg.max_depth, cfg.width))
+    if cfg.vector_size:
+      # LeCun-normal: a vector of n entries of ±1 adds about sqrt(n / F) to each embedding unit.
+      params['vectors'] = {'kernel': nn.initializers.lecun_normal()(
+          jax.random.fold_in(k_embed, 1), (cfg.vector_size, cfg.width))}
     if cfg.injection == 'linear':
       # A·[h; h0] starts as h: with state_init='prelude' one iteration is the plain stack of
       # layers (a retrofitted checkpoint's function), and h0 enters as training finds it useful.
@@ -85,8 +89,9 @@ class Network:
   def update(self, params: dict, x_BxLxD: jax.Array, attn_BxLxHxK: jax.Array) -> jax.Array:
     return self.block(self.cfg).apply({'params': params}, x_BxLxD, attn_BxLxHxK, method='update')
 
-  def embed_inputs(self, params: dict, tokens_BxL: jax.Array, positions_L: jax.Array) -> jax.Array:
-    """The prelude's input: token embeddings (+ learned or sinusoidal positions)."""
+  def embed_tokens(self, params: dict, tokens_BxL: jax.Array,
+                   positions_L: jax.Array) -> jax.Array:
+    """Token embeddings (+ learned or sinusoidal positions)."""
     x_BxLxD = self._embed.apply({'params': params['embed']}, tokens_BxL)
     if self.cfg.position == 'learned':
       x_BxLxD = x_BxLxD + params['positions'][positions_L][None]
@@ -94,10 +99,27 @@ class Network:
       x_BxLxD = x_BxLxD + layers.sinusoidal(positions_L, self.cfg.width)[None]
     return x_BxLxD
 
-  def embed(self, params: dict, tokens_BxL: jax.Array) -> jax.Array:
-    """h0, the shallow representation: embeddings (+ positions) through the prelude."""
+  def embed_inputs(self, params: dict, tokens_BxL: jax.Array, positions_L: jax.Array,
+                   vectors_BxLxF: jax.Array | None = None) -> jax.Array:
+    """The prelude's input: `embed_tokens`, plus the linear map of each position's vector for a
+    model with `vector_size` > 0 (which must be given the task's vectors, and only then)."""
+    x_BxLxD = self.embed_tokens(params, tokens_BxL, positions_L)
+    if (vectors_BxLxF is None) != (self.cfg.vector_size == 0):
+      raise ValueError(
+          f'config.model.vector_size={self.cfg.vector_size} but vectors were '
+          f'{"not " if vectors_BxLxF is None else ""}given: a model reads the task\'s '
+          '`vectors` (batch["vectors"], [B, L, F]) exactly when its task has them')
+    if vectors_BxLxF is not None:
+      x_BxLxD = x_BxLxD + jnp.einsum('blf,fd->bld', vectors_BxLxF.astype(jnp.float32),
+                                     params['vectors']['kernel']).astype(x_BxLxD.dtype)
+    return x_BxLxD
+
+  def embed(self, params: dict, tokens_BxL: jax.Array,
+            vectors_BxLxF: jax.Array | None = None) -> jax.Array:
+    """h0, the shallow representation: embeddings (+ positions, + vectors) through the
+    prelude."""
     positions_L = jnp.arange(tokens_BxL.shape[1])
-    x_BxLxD = self.embed_inputs(params, tokens_BxL, positions_L)
+    x_BxLxD = self.embed_inputs(params, tokens_BxL, positions_L, vectors_BxLxF)
     return self._prelude.apply({'params': params['prelude']}, x_BxLxD, positions_L)
 
   def prelude_blocks(self, params: dict) -> list[dict]:

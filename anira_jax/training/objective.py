@@ -47,7 +47,7 @@ def loss_terms(anira: Anira, params: dict, batch: dict, key: jax.Array,
   cap_BxL = depth_cap(opts, jax.random.fold_in(key, 0x0de9), batch['tokens'].shape, max_depth)
   out = anira.apply(params, batch['tokens'], train=True, key=key,
                     complexity_BxL=batch['complexity'], collect_states=every_iteration,
-                    depth_cap_BxL=cap_BxL)
+                    depth_cap_BxL=cap_BxL, vectors_BxLxF=batch.get('vectors'))
   answer_BxL = batch['loss_mask'].astype(jnp.float32)
   real_BxL = (batch['tokens'] != 0).astype(jnp.float32)
   if every_iteration:
