@@ -44,7 +44,7 @@ def test_every_start_up_error_is_one_line(case, tmp_path):
                       f'error: --config={broken}: invalid syntax (broken.py, line 1)'),
       'unknown variant': (['--config=experiments/parity.py:colour=red'],
                           "error: --config=experiments/parity.py:colour=red: ValueError: unknown "
-                          "config argument 'colour'; known: decider, ponder, quick"),
+                          "config argument 'colour'; known: decider, ponder, quick, tokens"),
       'workdir is a file': (['--config=experiments/parity.py', f'--workdir={file}'],
                             f'error: --workdir {file} is a file, not a directory'),
   }[case]
