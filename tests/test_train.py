@@ -254,7 +254,8 @@ def test_a_non_finite_loss_stops_the_run_within_a_few_steps(tmp_path, monkeypatc
   with pytest.raises(loop.NonFiniteLossError) as e:
     loop.train_and_evaluate(config, tmp_path)
   assert e.value.step == 7 and e.value.stopped_at <= 7 + loop.NON_FINITE_LAG
-  assert_one_line(e, 'non-finite loss or gradient at step 7', 'no checkpoint was written')
+  assert_one_line(e, 'non-finite loss or gradient at step 7', 'no checkpoint was written',
+                  'the run starts again from step 0')
   assert not list((tmp_path / 'checkpoints').iterdir())
 
 

@@ -48,12 +48,15 @@ class NonFiniteLossError(RuntimeError):
   `stopped_at`). Nothing from that step on was applied or saved."""
 
   def __init__(self, step: int, stopped_at: int, last_saved: int | None, workdir):
-    where = (f'the last good checkpoint (step {last_saved}) is kept in {workdir}/checkpoints'
-             if last_saved is not None else 'no checkpoint was written')
+    if last_saved is None:
+      where, rerun = 'no checkpoint was written', 'the run starts again from step 0'
+    else:
+      where = f'the last good checkpoint (step {last_saved}) is kept in {workdir}/checkpoints'
+      rerun = 'the run resumes from that checkpoint'
     super().__init__(
         f'training produced a non-finite loss or gradient at step {step} (not applied; stopped '
         f'at step {stopped_at}); {where}. Lower train.learning_rate or raise '
-        'train.warmup_steps, then rerun (the run resumes from that checkpoint).')
+        f'train.warmup_steps, then rerun ({rerun}).')
     self.step, self.stopped_at = step, stopped_at
 
 
