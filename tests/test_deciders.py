@@ -60,6 +60,15 @@ def test_kl_to_geometric_prior_by_hand():
   np.testing.assert_allclose(uniform, math.log(3) - entropy, rtol=1e-5)
 
 
+def test_kl_has_a_finite_gradient_where_a_depth_has_probability_zero():
+  q = jnp.array([[[0.5, 0.5, 0.0]]])
+  log_prior = base.log_geometric_prior(2.0, 3)
+  grad = np.asarray(jax.grad(lambda q: base.kl(q, log_prior).sum())(q))[0, 0]
+  assert np.all(np.isfinite(grad))
+  # d/dq_t Σ q log(q / r) = log(q_t / r_t) + 1 where q_t > 0.
+  np.testing.assert_allclose(grad[:2], np.log(0.5) - np.asarray(log_prior[:2]) + 1, rtol=1e-5)
+
+
 def test_kl_regularizer_is_gamma_times_mean_kl():
   opts = tiny_options('early', gamma=0.5, prior_base=2.0)
   q = jnp.array([[[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]])

@@ -252,9 +252,11 @@ def log_geometric_prior(base: float, max_depth: int) -> jax.Array:
 
 
 def kl(p_BxLxT: jax.Array, log_r_T: jax.Array) -> jax.Array:
-  """KL(p ‖ r) per token, with 0 log 0 = 0."""
-  return jnp.sum(jax.scipy.special.xlogy(p_BxLxT, p_BxLxT) - p_BxLxT * log_r_T[None, None],
-                 axis=-1)
+  """KL(p ‖ r) per token, with 0 log 0 = 0 and a finite gradient where p = 0 (a halting
+  distribution whose tail underflowed to 0; xlogy's gradient there is log 0 = NaN once
+  multiplied out, which stopped a PonderNet run)."""
+  log_p_BxLxT = jnp.log(jnp.maximum(p_BxLxT, jnp.finfo(p_BxLxT.dtype).tiny))
+  return jnp.sum(p_BxLxT * (log_p_BxLxT - log_r_T[None, None]), axis=-1)
 
 
 def one_hot_depth(depth_BxL: jax.Array, max_depth: int) -> jax.Array:
