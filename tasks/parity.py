@@ -16,8 +16,8 @@ Three layouts, one class:
   causal attention; `vector` is the setting PonderNet's claim is about.
 
 A position's complexity is the number of informative entries so far — every bit in `prefix`,
-the non-zero entries in `ponder` and `vector` — i.e. how many inputs the answer there must combine. Features:
-`ones_so_far` (the count whose parity is the answer) and `position`.
+the non-zero entries in `ponder` and `vector` — i.e. how many inputs the answer there must
+combine. Features: `ones_so_far` (the count whose parity is the answer) and `position`.
 
 `bos=True` starts every sequence with `<s>` (no target). Without it, a model with relative
 positions (RoPE) or none cannot answer a leading run of ones: by induction over iterations every
