@@ -97,8 +97,10 @@ def use_paper_scale(config: ml_collections.ConfigDict, max_depth: int,
 
 
 def make_quick(config: ml_collections.ConfigDict) -> None:
-  """A few steps and a tiny evaluation: a smoke test of the whole path."""
-  config.train.update(steps=20, warmup_steps=2, log_every=5, checkpoint_every=10)
+  """A few steps and a tiny evaluation: a smoke test of the whole path. No size curriculum: over
+  20 steps a preset's would never open past the smallest size."""
+  config.train.update(steps=20, warmup_steps=2, log_every=5, checkpoint_every=10,
+                      curriculum_steps=0)
   config.eval.update(every_steps=10, num_batches=1, batch_size=32)
 
 

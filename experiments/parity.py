@@ -37,7 +37,7 @@ def get_config(arg=None):
     # The best schedule found (README, *PonderNet's own benchmark*): the parity of a count of n
     # entries is uncorrelated with every lower-degree function of the count, so sizes are
     # learned one after another; opening them smallest first over 180k of 200k steps (about
-    # 20 min on 2 CPU cores) learns 1-13 exactly, not yet 1-48.
+    # 23 min on 2 CPU cores) learns 1-13 exactly, not yet 1-48.
     config.model.max_depth = 6
     config.train.update(steps=200_000, curriculum_steps=180_000, log_every=1000,
                         checkpoint_every=10_000)

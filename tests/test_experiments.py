@@ -23,6 +23,7 @@ VARIANTS = (None, 'quick', 'scale=cpu', 'scale=paper', 'scale=paper_large,quick'
 
 
 CASES = [(parity, None), (parity, 'quick'), (parity, 'ponder'), (parity, 'ponder,tokens'),
+         (parity, 'ponder,quick'),
          *((module, variant) for module in TASK_EXPERIMENTS.values() for variant in VARIANTS)]
 
 
@@ -33,7 +34,14 @@ def test_every_variant_builds(module, variant):
   config = module.get_config(variant)
   experiment.build(config)
   if variant and 'quick' in variant:
-    assert config.train.steps <= 20
+    assert config.train.steps <= 20 and config.train.curriculum_steps == 0
+
+
+def test_parity_tokens_argument_needs_ponder():
+  assert parity.get_config('ponder,tokens').task.options.layout == 'ponder'
+  assert parity.get_config('ponder').task.options.layout == 'vector'
+  with pytest.raises(ValueError, match="use it with 'ponder'"):
+    parity.get_config('tokens')
 
 
 @pytest.mark.parametrize('decider', sorted(deciders.DECIDERS))
