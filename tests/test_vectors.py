@@ -83,8 +83,11 @@ def test_training_reaches_the_map_and_inspection_traces_vector_batches(tmp_path)
   run = inspect.load(tmp_path)
   assert run.anira.model_cfg.vector_size == 8
   init_key, _ = jax.random.split(jax.random.key(config.seed))  # as the training loop splits it
-  initial = run.anira.init(init_key)['model']['vectors']['kernel']
-  assert not np.allclose(run.params['model']['vectors']['kernel'], initial)  # training moved it
+  moved = np.abs(np.asarray(run.params['model']['vectors']['kernel'])
+                 - np.asarray(run.anira.init(init_key)['model']['vectors']['kernel']))
+  # Two Adam steps move each entry by about the learning rate: more means `init_key` is not the
+  # loop's (so the comparison would prove nothing), none means training never reached the map.
+  assert 0 < moved.max() < 0.01
   batch = run.batches('in_distribution')[0]
   trace = run.trace(batch)
   assert trace.depth.shape == batch['tokens'].shape == (16, 1)
