@@ -5,18 +5,19 @@ without its length marker) and BREVO, with an interval on every figure and a ver
     python -m experiments.study --cells=lano/early/1   # one run only
 
 Every run is `experiments/TASK.py:scale=study,decider=NAME` with `--config.seed=S`, in
-OUT/CELL/NAME/seed_S; a finished run is resumed or read, never retrained. Each run's per-sequence
-and per-token records (`analysis.study.run_records`: every split at the trained D and at 2·D) are
-saved there as records.npz, stamped with the run's config (records.json): records are read only
-while the config they came from is the current one (`_stamped_by`). The default OUT, results/study,
-is where the repository keeps the records (and nothing else of a run: .gitignore), so a study that
-takes longer than one machine's session is finished across several. Then the table pools the seeds:
-every figure is the mean over seeds with a 95% interval that resamples seeds and, within each,
-sequences (`stats.seed_bootstrap`). A verdict compares an interval with the smallest effect that
-matters (`stats.verdict`; the margins are `MARGINS`), and only for a (cell, decider) that has
-learned its task: in-distribution accuracy at least `LEARNED` of the ceiling (a model that cannot
-do the task says nothing about where it spends depth). Both deciders share the task's γ, b and
-learning rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the paper does. Writes
+OUT/CELL/NAME/seed_S; a finished run is resumed or read, never retrained, and a run the prior grid
+has already trained (ANIRA-E, seed 0, the chosen γ and b) starts from its copy. Each run's
+per-sequence and per-token records (`analysis.study.run_records`: every split at the trained D and
+at 2·D) are saved there as records.npz, stamped with the run's config (records.json): records are
+read only while the config they came from is the current one (`_same_run`). The default OUT,
+results/study, is where the repository keeps the records (and nothing else of a run: .gitignore), so
+a study that takes longer than one machine's session is finished across several. Then the table
+pools the seeds: every figure is the mean over seeds with a 95% interval that resamples seeds and,
+within each, sequences (`stats.seed_bootstrap`). A verdict compares an interval with the smallest
+effect that matters (`stats.verdict`; the margins are `MARGINS`), and only for a (cell, decider)
+that has learned its task: in-distribution accuracy at least `LEARNED` of the ceiling (a model that
+cannot do the task says nothing about where it spends depth). Both deciders share the task's γ, b
+and learning rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the paper does. Writes
 OUT/study.md and OUT/study.json; `--table_only` writes them from the runs finished so far, training
 nothing.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import sys
 import time
 
@@ -47,6 +49,9 @@ _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of every (cell, deci
 _BOOT = flags.DEFINE_integer('n_boot', 1000, 'Bootstrap draws per interval.')
 _TABLE_ONLY = flags.DEFINE_bool('table_only', False, 'Only tabulate the finished runs (those '
                                 'with records); train nothing.')
+_PRIOR_RUNS = flags.DEFINE_string('prior_runs', 'workdirs/prior', 'Where '
+                                  'experiments.select_prior trained its grid: a run there with a '
+                                  "cell's config is copied, not trained again ('': never).")
 
 CELLS, DECIDERS, config_for = common.STUDY_CELLS, common.STUDY_DECIDERS, common.study_config
 # The smallest effect that matters, per kind of figure (`stats.verdict`).
@@ -58,27 +63,53 @@ WITHHELD = 'withheld: not learned'
 PAPER = {'lano_rho_expansion': {'early': 0.666, 'online': 0.456}, 'brevo_r2_size_early': 0.28}
 
 
-def _stamped_by(stamp: pathlib.Path, config) -> bool:
-  """Whether the records stamped `stamp` came from a run of `config`: a field added to the
+def _same_run(stored: dict, config) -> bool:
+  """Whether a run started with the `stored` config is a run of `config`: a field added to the
   config since counts at its default, and the cadence of logs, checkpoints and evaluation and
   the device layout do not matter (`workdir.RESUMABLE`); the number of steps does."""
-  changes = workdir_lib.config_changes(json.loads(stamp.read_text()), config)
+  changes = workdir_lib.config_changes(stored, config)
   return not any(path == 'train.steps' or not workdir_lib.resumable(path) for path in changes)
 
 
-def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int,
-             train: bool = True) -> dict | None:
-  """Trains (or resumes, or reads) one run and returns its records; None for an unfinished run
-  when not `train`."""
+def _copy_prior_run(config, cell: str, workdir: pathlib.Path,
+                    prior_runs: pathlib.Path | None) -> None:
+  """Starts a cell's run from the prior grid's finished run of the same config, if there is one.
+
+  `experiments.select_prior` trains ANIRA-E with seed 0 on the study preset at every (γ, b) of
+  its grid, so the chosen point is already the study's `CELL/early/seed_0` run: on MANO that is
+  35 minutes of training not spent twice. The grid's runs are in PRIOR/TASK/study/gG_bB; only
+  a finished one (results.json at the last step, no owner) whose config is this one is copied,
+  and the study then resumes it at its last checkpoint, which trains nothing."""
+  if prior_runs is None or (workdir / workdir_lib.CONFIG_FILE).exists():
+    return
+  prior = config.decider.early
+  source = (prior_runs / CELLS[cell][0] / 'study'
+            / f'g{prior.gamma:g}_b{prior.prior_base:g}')
+  results = source / 'results.json'
+  stored = workdir_lib.stored_config(source)
+  if (stored is None or not results.exists() or (source / workdir_lib.LOCK_FILE).exists()
+      or json.loads(results.read_text())['step'] != config.train.steps
+      or not _same_run(stored, config)):
+    return
+  shutil.copytree(source, workdir, dirs_exist_ok=True)
+  logging.warning('%s: starts from %s (the prior grid trained this config)', workdir, source)
+
+
+def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int, train: bool = True,
+             prior_runs: pathlib.Path | None = None) -> dict | None:
+  """Trains (or resumes, or reads, or copies from `prior_runs`: `_copy_prior_run`) one run
+  and returns its records; None for an unfinished run when not `train`."""
   config = config_for(cell, decider, seed)
   workdir = out / cell / decider / f'seed_{seed}'
   path = workdir / 'records.npz'
   stamp = workdir / 'records.json'
-  if path.exists() and stamp.exists() and _stamped_by(stamp, config):
+  if (path.exists() and stamp.exists()
+      and _same_run(json.loads(stamp.read_text()), config)):
     return study_lib.load(path)
   if not train:
     return None
   start = time.perf_counter()
+  _copy_prior_run(config, cell, workdir, prior_runs)
   loop.train_and_evaluate(config, workdir)
   run = inspect.load(workdir)
   records = study_lib.run_records(run, raised_depth=2 * run.max_depth)
@@ -278,9 +309,9 @@ def _json(figures):
 
 
 def run_study(out: pathlib.Path, cells: list[str], seeds: list[int], n_boot: int,
-              train: bool = True) -> str:
-  """Trains (or reads) the runs, then writes the table over every (cell, decider) with a
-  finished run; with `cells`, only trains those."""
+              train: bool = True, prior_runs: pathlib.Path | None = None) -> str:
+  """Trains (or reads, or copies from `prior_runs`) the runs, then writes the table over every
+  (cell, decider) with a finished run; with `cells`, only trains those."""
   wanted = [c.split('/') for c in cells]
   figures: dict = {}
   for cell in CELLS:
@@ -289,7 +320,7 @@ def run_study(out: pathlib.Path, cells: list[str], seeds: list[int], n_boot: int
       for seed in seeds:
         if wanted and [cell, decider, str(seed)] not in wanted:
           continue
-        runs.append(run_cell(out, cell, decider, seed, train=train))
+        runs.append(run_cell(out, cell, decider, seed, train=train, prior_runs=prior_runs))
       runs = [r for r in runs if r is not None]
       if runs and not wanted:
         figures.setdefault(cell, {})[decider] = cell_figures(cell, decider, runs, n_boot)
@@ -313,7 +344,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   try:
     print(run_study(pathlib.Path(_OUT.value), _CELLS.value, [int(s) for s in _SEEDS.value],
-                    _BOOT.value, train=not _TABLE_ONLY.value))
+                    _BOOT.value, train=not _TABLE_ONLY.value,
+                    prior_runs=pathlib.Path(_PRIOR_RUNS.value) if _PRIOR_RUNS.value else None))
   except (ConfigError, ValueError, checkpoint.CheckpointError, loop.NonFiniteLossError) as e:
     sys.exit(f'error: {e}')
 

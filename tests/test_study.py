@@ -1,5 +1,5 @@
 """The study (experiments/study.py): figures and verdicts on constructed records with known
-answers, every cell's config, and finished runs read, not retrained."""
+answers, every cell's config, finished runs read, not retrained, and the prior grid's runs copied."""
 
 import json
 
@@ -186,6 +186,14 @@ def _finished_run(out, decider: str, seed: int, rng, **train) -> None:
   (workdir / 'records.json').write_text(config.to_json_best_effort())
 
 
+class _Trained(Exception):
+  """Raised by a stand-in for training: the workdir it was given, as the run had it then."""
+
+
+def _raise_trained(config, workdir):
+  raise _Trained(workdir)
+
+
 def test_finished_runs_are_read_not_retrained(tmp_path, monkeypatch):
   _finished_run(tmp_path, 'early', 0, np.random.default_rng(1))
   monkeypatch.setattr(study.loop, 'train_and_evaluate', lambda *a: pytest.fail('retrained'))
@@ -207,16 +215,43 @@ def test_records_stamped_before_a_config_field_existed_are_read(tmp_path):
 def test_records_of_another_config_are_not_read(tmp_path, monkeypatch, change):
   _finished_run(tmp_path, 'early', 0, np.random.default_rng(1), **change)
   assert study.run_cell(tmp_path, 'lano', 'early', 0, train=False) is None
-
-  class Trained(Exception):
-    pass
-
-  def train(config, workdir):
-    raise Trained(workdir)
-
-  monkeypatch.setattr(study.loop, 'train_and_evaluate', train)
-  with pytest.raises(Trained):  # a stale run is trained again
+  monkeypatch.setattr(study.loop, 'train_and_evaluate', _raise_trained)
+  with pytest.raises(_Trained):  # a stale run is trained again
     study.run_cell(tmp_path, 'lano', 'early', 0)
+
+
+def _prior_grid_run(prior_runs, *, spoil: str = '') -> None:
+  """A run of `experiments.select_prior`'s grid as it leaves one (ANIRA-E, seed 0, LANO's study
+  preset at its prior), or one it must not lend: of another config, unfinished, or in use."""
+  config = study.config_for('lano', 'early', 0)
+  prior = config.decider.early
+  source = prior_runs / 'lano' / 'study' / f'g{prior.gamma:g}_b{prior.prior_base:g}'
+  (source / 'checkpoints').mkdir(parents=True)
+  (source / 'checkpoints' / 'last').write_text('trained')
+  if spoil == 'config':
+    config.train.learning_rate *= 2
+  (source / 'config.json').write_text(config.to_json_best_effort())
+  step = config.train.steps - (spoil == 'unfinished')
+  (source / 'results.json').write_text(json.dumps({'step': step}))
+  if spoil == 'in use':
+    (source / 'run.lock').write_text('{}')
+
+
+@pytest.mark.parametrize('decider, spoil, copied', [
+    ('early', '', True), ('online', '', False), ('early', 'config', False),
+    ('early', 'unfinished', False), ('early', 'in use', False)])
+def test_a_run_the_prior_grid_trained_is_copied_not_trained_twice(tmp_path, monkeypatch, decider,
+                                                                  spoil, copied):
+  _prior_grid_run(tmp_path / 'prior', spoil=spoil)
+  monkeypatch.setattr(study.loop, 'train_and_evaluate', _raise_trained)
+  with pytest.raises(_Trained) as trained:
+    study.run_cell(tmp_path / 'out', 'lano', decider, 0, prior_runs=tmp_path / 'prior')
+  workdir = trained.value.args[0]
+  assert workdir == tmp_path / 'out' / 'lano' / decider / 'seed_0'
+  assert (workdir / 'checkpoints' / 'last').exists() == copied
+  with pytest.raises(_Trained) as trained:  # without a grid to copy from, it trains
+    study.run_cell(tmp_path / 'alone', 'lano', decider, 0)
+  assert not (trained.value.args[0] / 'checkpoints').exists()
 
 
 def test_table_only_tabulates_finished_runs_and_trains_nothing(tmp_path, monkeypatch):
