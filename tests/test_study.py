@@ -1,5 +1,6 @@
 """The study (experiments/study.py): figures and verdicts on constructed records with known
-answers, every cell's config, finished runs read, not retrained, and the prior grid's runs copied."""
+answers, every cell's config, finished runs read, not retrained, and the prior grid's runs
+copied."""
 
 import json
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from anira_jax import experiment, stats
+from anira_jax import workdir as workdir_lib
 from anira_jax.analysis import study as study_lib
 from experiments import study
 
@@ -234,7 +236,7 @@ def _prior_grid_run(prior_runs, *, spoil: str = '') -> None:
   step = config.train.steps - (spoil == 'unfinished')
   (source / 'results.json').write_text(json.dumps({'step': step}))
   if spoil == 'in use':
-    (source / 'run.lock').write_text('{}')
+    (source / workdir_lib.LOCK_FILE).write_text('{}')
 
 
 @pytest.mark.parametrize('decider, spoil, copied', [
