@@ -63,6 +63,13 @@ def share_depth_prior(config: ml_collections.ConfigDict, *, gamma: float,
     config.decider[name].update(gamma=gamma, prior_base=prior_base)
 
 
+def prior_run_dir(out: pathlib.Path, task: str, scale: str, *, gamma: float,
+                  prior_base: float) -> pathlib.Path:
+  """Where `experiments.select_prior` trains ANIRA-E at one (γ, b) of its grid; the study looks
+  there for a run it need not train again."""
+  return out / task / scale / f'g{gamma:g}_b{prior_base:g}'
+
+
 SCALES = ('cpu', 'study', 'paper', 'paper_large')
 # The paper's two synthetic model sizes: 5.1 M and 13.7 M parameters (besides the embedding and
 # LM head, which grow with the task's vocabulary), of which the decision head is ~8%. One layer

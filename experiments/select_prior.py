@@ -48,7 +48,7 @@ def grid(task: str, scale: str, out: pathlib.Path,
   for gamma, base in pairs:
     config = common.study_config(task, 'early', seed=0, scale=scale)
     common.share_depth_prior(config, gamma=gamma, prior_base=base)
-    workdir = out / task / scale / f'g{gamma:g}_b{base:g}'
+    workdir = common.prior_run_dir(out, task, scale, gamma=gamma, prior_base=base)
     results_path = workdir / 'results.json'
     results = (json.loads(results_path.read_text()) if results_path.exists() else None)
     if results is None or results['step'] != config.train.steps:

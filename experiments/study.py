@@ -77,14 +77,14 @@ def _copy_prior_run(config, cell: str, workdir: pathlib.Path,
 
   `experiments.select_prior` trains ANIRA-E with seed 0 on the study preset at every (γ, b) of
   its grid, so the chosen point is already the study's `CELL/early/seed_0` run: on MANO that is
-  35 minutes of training not spent twice. The grid's runs are in PRIOR/TASK/study/gG_bB; only
+  35 minutes of training not spent twice. The grid's runs are in `common.prior_run_dir`; only
   a finished one (results.json at the last step, no owner) whose config is this one is copied,
   and the study then resumes it at its last checkpoint, which trains nothing."""
   if prior_runs is None or (workdir / workdir_lib.CONFIG_FILE).exists():
     return
   prior = config.decider.early
-  source = (prior_runs / CELLS[cell][0] / 'study'
-            / f'g{prior.gamma:g}_b{prior.prior_base:g}')
+  source = common.prior_run_dir(prior_runs, CELLS[cell][0], 'study', gamma=prior.gamma,
+                                prior_base=prior.prior_base)
   results = source / 'results.json'
   stored = workdir_lib.stored_config(source)
   if (stored is None or not results.exists() or (source / workdir_lib.LOCK_FILE).exists()

@@ -10,7 +10,7 @@ import pytest
 from anira_jax import experiment, stats
 from anira_jax import workdir as workdir_lib
 from anira_jax.analysis import study as study_lib
-from experiments import study
+from experiments import common, study
 
 
 def _records(rng, *, acc_in=0.96, acc_longer=0.5, depth_in=2.0, depth_longer=3.0, rho=True,
@@ -227,7 +227,8 @@ def _prior_grid_run(prior_runs, *, spoil: str = '') -> None:
   preset at its prior), or one it must not lend: of another config, unfinished, or in use."""
   config = study.config_for('lano', 'early', 0)
   prior = config.decider.early
-  source = prior_runs / 'lano' / 'study' / f'g{prior.gamma:g}_b{prior.prior_base:g}'
+  source = common.prior_run_dir(prior_runs, 'lano', 'study', gamma=prior.gamma,
+                                prior_base=prior.prior_base)
   (source / 'checkpoints').mkdir(parents=True)
   (source / 'checkpoints' / 'last').write_text('trained')
   if spoil == 'config':
