@@ -8,10 +8,12 @@ Every run is `experiments/TASK.py:scale=study,decider=NAME` with `--config.seed=
 OUT/CELL/NAME/seed_S; a finished run is resumed or read, never retrained, and a run the prior grid
 has already trained (ANIRA-E, seed 0, the chosen γ and b) starts from its copy. Each run's
 per-sequence and per-token records (`analysis.study.run_records`: every split at the trained D and
-at 2·D) are saved there as records.npz, stamped with the run's config (records.json): records are
-read only while the config they came from is the current one (`_same_run`). The default OUT,
-results/study, is where the repository keeps the records (and nothing else of a run: .gitignore), so
-a study that takes longer than one machine's session is finished across several. Then the table
+at 2·D, with the trained decider and with every token forced to T iterations) are saved there as
+records.npz, stamped with the run's config (records.json): records are read only while the config
+they came from is the current one (`_same_run`) and `run_records` has not changed since
+(`analysis.study.RECORDS_VERSION`; older ones are read again from the run's checkpoint). The
+default OUT, results/study, is where the repository keeps the records (and nothing else of a run:
+.gitignore), so a study that takes longer than one machine's session is finished across several. Then the table
 pools the seeds: every figure is the mean over seeds with a 95% interval that resamples seeds and,
 within each, sequences (`stats.seed_bootstrap`). A verdict compares an interval with the smallest
 effect that matters (`stats.verdict`; the margins are `MARGINS`), and only for a (cell, decider)
@@ -105,7 +107,10 @@ def run_cell(out: pathlib.Path, cell: str, decider: str, seed: int, train: bool 
   stamp = workdir / 'records.json'
   if (path.exists() and stamp.exists()
       and _same_run(json.loads(stamp.read_text()), config)):
-    return study_lib.load(path)
+    records = study_lib.load(path)
+    if study_lib.current(records):
+      return records
+    # An older analysis's records: read again from the run (its last checkpoint, if there).
   if not train:
     return None
   start = time.perf_counter()
@@ -134,6 +139,8 @@ def cell_figures(cell: str, decider: str, runs: list[dict], n_boot: int) -> dict
     for depth in (d, 2 * d):
       figures[f'accuracy/{name}/T{depth}'] = stats.seed_bootstrap(
           seq, study_lib.accuracy(i, depth, kind), seed=i, **boot)
+      figures[f'accuracy/{name}/T{depth}/forced'] = stats.seed_bootstrap(
+          seq, study_lib.accuracy(i, depth, kind, forced=True), seed=i, **boot)
       figures[f'depth/{name}/T{depth}'] = stats.seed_bootstrap(
           seq, study_lib.mean_depth(i, depth), seed=i, **boot)
   for i, name in enumerate(splits[1:], start=1):
@@ -144,6 +151,9 @@ def cell_figures(cell: str, decider: str, runs: list[dict], n_boot: int) -> dict
         seq, study_lib.contrast(study_lib.mean_depth(i, d), study_lib.mean_depth(0, d)), **boot)
     figures[f'gain_at_2D/{name}'] = stats.seed_bootstrap(
         seq, study_lib.contrast(study_lib.accuracy(i, 2 * d, kind),
+                                study_lib.accuracy(i, d, kind)), **boot)
+    figures[f'forced_gain/{name}'] = stats.seed_bootstrap(
+        seq, study_lib.contrast(study_lib.accuracy(i, 2 * d, kind, forced=True),
                                 study_lib.accuracy(i, d, kind)), **boot)
   tokens = [r['tokens'] for r in runs]
   features = ['complexity', *task.alignment_features]
@@ -185,6 +195,9 @@ def verdicts(figures: dict) -> dict:
       for split in beyond:
         claims[f'more depth on {split}'] = stats.verdict(f[f'depth_rise/{split}']['ci'],
                                                         MARGINS['depth'])
+      for split in beyond:
+        claims[f'every token at 2D answers {split} better'] = stats.verdict(
+            f[f'forced_gain/{split}']['ci'], MARGINS['accuracy'])
       if not learned(f):
         claims = dict.fromkeys(claims, WITHHELD)
       out.setdefault(cell, {})[decider] = claims
@@ -249,8 +262,9 @@ def _per_seed(x: dict) -> str:
 
 def table(figures: dict, verdict_table: dict, timing: dict, cue: dict) -> str:
   """The study as markdown: accuracy, depth and headline alignment per (cell, decider); the
-  verdicts; alignment with every feature at the three positions; the static cue (MANO); BREVO's
-  decision timing."""
+  verdicts; alignment with every feature at the three positions; accuracy with every token
+  forced to D and 2·D iterations (can the model use the depth its decider does not spend?);
+  the static cue (MANO); BREVO's decision timing."""
   lines = ['| cell | decider | seeds | accuracy kind | ' + ' | '.join(
       ['acc in dist.', 'per seed', 'acc held-out', 'acc longer', 'acc longer at 2D',
        'depth in dist.', 'depth longer', 'ρ(E[d], feature)']) + ' |', '|' + '---|' * 12]
@@ -279,6 +293,16 @@ def table(figures: dict, verdict_table: dict, timing: dict, cue: dict) -> str:
       for key in [k for k in f if k.startswith('rho/') and '@' not in k]:
         lines.append(f'| {cell} | {decider} | {key[4:]} | {_ci(f[key], 2)} | '
                      f'{_ci(f[key + "@-1"], 2)} | {_ci(f[key + "@+1"], 2)} |')
+  lines += ['', '| cell | decider | split | acc, decider at D | every token at D | '
+            'every token at 2D | 2D forced − decider at D |', '|---|---|---|---|---|---|---|']
+  for cell, by_decider in figures.items():
+    for decider, f in by_decider.items():
+      d = f['max_depth']
+      for split in f['splits']:
+        gain = f.get(f'forced_gain/{split}', {})
+        lines.append(f'| {cell} | {decider} | {split} | {_ci(f[f"accuracy/{split}/T{d}"])} | '
+                     f'{_ci(f[f"accuracy/{split}/T{d}/forced"])} | '
+                     f'{_ci(f[f"accuracy/{split}/T{2 * d}/forced"])} | {_ci(gain)} |')
   if cue:
     lines += ['', '| MANO cell | ρ(ANIRA-E) − ρ(ANIRA-O) [95% CI] | E aligns better |',
               '|---|---|---|']

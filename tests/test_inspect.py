@@ -185,11 +185,17 @@ def test_study_records_of_a_run(trained):
   run = inspect.load(trained('online'))
   records = study_lib.run_records(run, raised_depth=2 * D, num_batches=1, batch_size=8)
   seq = records['sequences']
-  assert set(seq['max_depth']) == {D, 2 * D} and len(seq['split']) == 2 * 8
+  assert set(seq['max_depth']) == {D, 2 * D} and len(seq['split']) == 4 * 8
+  assert study_lib.current(records)
   trace = run.trace_split('in_distribution', num_batches=1, batch_size=8)
-  trained_depth = seq['max_depth'] == D
+  trained_depth = (seq['max_depth'] == D) & (seq['forced'] == 0)
   np.testing.assert_allclose(seq['depth_sum'][trained_depth],
                              (trace.depth * trace.answer_mask).sum(-1))
+  # forced: every answer token runs all T iterations, whatever the decider would say
+  for depth in (D, 2 * D):
+    forced = (seq['max_depth'] == depth) & (seq['forced'] == 1)
+    np.testing.assert_allclose(seq['depth_sum'][forced], depth * seq['answer_tokens'][forced])
+    np.testing.assert_array_equal(seq['sequence'][forced], seq['sequence'][trained_depth])
   tokens = records['tokens']
   assert len(tokens['depth']) == trace.analysis_mask.sum()
   np.testing.assert_array_equal(tokens['position@-1'][1:][tokens['sequence'][1:] ==

@@ -2,6 +2,7 @@
 answers, every cell's config, finished runs read, not retrained, and the prior grid's runs
 copied."""
 
+import itertools
 import json
 
 import numpy as np
@@ -14,25 +15,30 @@ from experiments import common, study
 
 
 def _records(rng, *, acc_in=0.96, acc_longer=0.5, depth_in=2.0, depth_longer=3.0, rho=True,
-             sequences=60):
+             forced_gain=0.0, sequences=60):
   """One LANO run's records: three splits at D = 6 and 12, accuracies and depths as given
   (ceiling 1 per token; the held-out split 0.03 above in distribution), depth equal to the
-  parser expansion when `rho` (else noise)."""
-  rows = {k: [] for k in ('split', 'max_depth', 'size', 'answer_tokens', 'correct_tokens',
-                          'depth_sum', 'expected_depth_sum', 'ceiling_sum', 'sequence')}
+  parser expansion when `rho` (else noise); with every token forced to 12 iterations, the longer
+  split answers `forced_gain` better (forced to 6, as the decider does)."""
+  rows = {k: [] for k in ('split', 'max_depth', 'forced', 'size', 'answer_tokens',
+                          'correct_tokens', 'depth_sum', 'expected_depth_sum', 'ceiling_sum',
+                          'sequence')}
   for split, (acc, depth) in enumerate([(acc_in, depth_in), (acc_in + 0.03, depth_in),
                                         (acc_longer, depth_longer)]):
-    for max_depth in (6, 12):
-      for s in range(sequences):
-        rows['split'].append(split)
-        rows['max_depth'].append(max_depth)
-        rows['size'].append(split + 1)
-        rows['answer_tokens'].append(10)
-        rows['correct_tokens'].append(rng.binomial(10, acc))
-        rows['depth_sum'].append(10 * depth)
-        rows['expected_depth_sum'].append(10 * depth)
-        rows['ceiling_sum'].append(10)
-        rows['sequence'].append(split * sequences + s)
+    for forced in (False, True):
+      for max_depth in (6, 12):
+        gain = forced_gain if forced and max_depth == 12 and split == 2 else 0.0
+        for s in range(sequences):
+          rows['split'].append(split)
+          rows['max_depth'].append(max_depth)
+          rows['forced'].append(forced)
+          rows['size'].append(split + 1)
+          rows['answer_tokens'].append(10)
+          rows['correct_tokens'].append(rng.binomial(10, acc + gain))
+          rows['depth_sum'].append(10 * (max_depth if forced else depth))
+          rows['expected_depth_sum'].append(10 * (max_depth if forced else depth))
+          rows['ceiling_sum'].append(10)
+          rows['sequence'].append(split * sequences + s)
   tokens = 500
   feature = rng.integers(1, 7, tokens).astype(float)
   depth = feature if rho else rng.integers(1, 7, tokens).astype(float)
@@ -44,12 +50,13 @@ def _records(rng, *, acc_in=0.96, acc_longer=0.5, depth_in=2.0, depth_longer=3.0
     for k in ('@-1', '@+1'):
       token_rows[name + k] = rng.integers(1, 7, tokens).astype(float)
     token_rows['complexity@-1'] = token_rows['complexity@+1'] = feature
-  return {'sequences': {k: np.asarray(v, float) for k, v in rows.items()}, 'tokens': token_rows}
+  return {'sequences': {k: np.asarray(v, float) for k, v in rows.items()}, 'tokens': token_rows,
+          'meta': {'version': np.asarray(study_lib.RECORDS_VERSION)}}
 
 
 def test_figures_and_verdicts_of_constructed_runs():
   rng = np.random.default_rng(0)
-  aligned = [_records(rng) for _ in range(3)]
+  aligned = [_records(rng, forced_gain=0.4) for _ in range(3)]
   unaligned = [_records(rng, acc_longer=0.96, depth_longer=2.0, rho=False) for _ in range(3)]
   figures = {'lano': {'early': study.cell_figures('lano', 'early', aligned, n_boot=40),
                       'online': study.cell_figures('lano', 'online', unaligned, n_boot=40)}}
@@ -60,14 +67,23 @@ def test_figures_and_verdicts_of_constructed_runs():
   assert e['drop/longer']['mean'] == pytest.approx(0.46, abs=0.03)
   assert e['depth_rise/longer']['mean'] == pytest.approx(1.0)
   assert e['rho/parse_expansion']['mean'] > 0.95 and abs(o['rho/parse_expansion']['mean']) < 0.2
+  assert e['forced_gain/longer']['mean'] == pytest.approx(0.4, abs=0.03)
+  assert e['accuracy/longer/T6/forced']['mean'] == pytest.approx(0.5, abs=0.03)
   claims = study.verdicts(figures)['lano']
   assert claims['early'] == {'alignment': 'holds', 'accuracy falls on held_out': 'does not hold',
-                             'accuracy falls on longer': 'holds', 'more depth on longer': 'holds'}
+                             'accuracy falls on longer': 'holds', 'more depth on longer': 'holds',
+                             'every token at 2D answers longer better': 'holds'}
   assert claims['online']['alignment'] == 'does not hold'
   assert claims['online']['accuracy falls on longer'] == 'does not hold'
+  assert claims['online']['every token at 2D answers longer better'] == 'does not hold'
   text = study.table(figures, study.verdicts(figures), {}, {})
   assert '| lano | early | 3 | ceiling | 0.96' in text and 'parse_expansion: 0.9' in text
   assert '(paper 0.666) |' in text
+  # accuracy with every token forced to D and 2D beside the decider's
+  row = next(r for r in text.splitlines() if r.startswith('| lano | early | longer |'))
+  decided, forced_d, forced_2d, gain = (float(c.split()[0]) for c in row.split('|')[4:8])
+  assert forced_d == pytest.approx(decided, abs=0.05) and gain == pytest.approx(0.4, abs=0.03)
+  assert forced_2d == pytest.approx(0.9, abs=0.03)
   # every feature at the predicted position and both neighbours: aligned only at the first
   row = next(r for r in text.splitlines() if r.startswith('| lano | early | rules_closed |'))
   here, before, after = (float(c.split()[0]) for c in row.split('|')[4:7])
@@ -114,15 +130,18 @@ def _brevo_records(rng, follows: str, sequences=40, tokens_per=6):
   """One BREVO run whose every answer is right and whose E[d] is graph size plus `follows` (a
   static-structure or an execution-state feature) plus noise: decision timing with a known
   answer."""
-  rows = {k: [] for k in ('split', 'max_depth', 'size', 'answer_tokens', 'correct_tokens',
-                          'depth_sum', 'expected_depth_sum', 'right', 'sequence')}
+  rows = {k: [] for k in ('split', 'max_depth', 'forced', 'size', 'answer_tokens',
+                          'correct_tokens', 'depth_sum', 'expected_depth_sum', 'right',
+                          'sequence')}
   for split in range(3):
-    for max_depth in (6, 12):
+    for max_depth, forced in itertools.product((6, 12), (0, 1)):
+      depth = max_depth if forced else 2
       for i in range(sequences):
-        for key, value in (('split', split), ('max_depth', max_depth), ('size', split + 3),
-                           ('answer_tokens', tokens_per), ('correct_tokens', tokens_per),
-                           ('depth_sum', 2 * tokens_per), ('expected_depth_sum', 2 * tokens_per),
-                           ('right', 1), ('sequence', split * sequences + i)):
+        for key, value in (('split', split), ('max_depth', max_depth), ('forced', forced),
+                           ('size', split + 3), ('answer_tokens', tokens_per),
+                           ('correct_tokens', tokens_per), ('depth_sum', depth * tokens_per),
+                           ('expected_depth_sum', depth * tokens_per), ('right', 1),
+                           ('sequence', split * sequences + i)):
           rows[key].append(value)
   n = sequences * tokens_per
   timing = {'sequence': np.repeat(np.arange(sequences), tokens_per).astype(float),
@@ -211,6 +230,18 @@ def test_records_stamped_before_a_config_field_existed_are_read(tmp_path):
   del stored['train']['curriculum_steps']  # a field added after the run, at its default now
   stamp.write_text(json.dumps(stored))
   assert study.run_cell(tmp_path, 'lano', 'early', 0, train=False) is not None
+
+
+def test_records_of_an_older_analysis_are_read_again_from_the_run(tmp_path, monkeypatch):
+  _finished_run(tmp_path, 'early', 0, np.random.default_rng(1))
+  path = tmp_path / 'lano' / 'early' / 'seed_0' / 'records.npz'
+  records = study_lib.load(path)
+  del records['meta']  # written before `run_records` had a version
+  study_lib.save(records, path)
+  assert study.run_cell(tmp_path, 'lano', 'early', 0, train=False) is None
+  monkeypatch.setattr(study.loop, 'train_and_evaluate', _raise_trained)
+  with pytest.raises(_Trained):  # resumed at its last checkpoint, then read again
+    study.run_cell(tmp_path, 'lano', 'early', 0)
 
 
 @pytest.mark.parametrize('change', [{'learning_rate': 0.5}, {'steps': 7}])

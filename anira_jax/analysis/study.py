@@ -4,9 +4,11 @@ statistics with intervals over seeds and sequences, and the rules that turn them
 Each run is read once into flat per-row records (`run_records`, saved beside the run), so that
 the study's statistics and their bootstrap never trace a model again:
 - `sequences`: one row per evaluated sequence of every split, at the trained D and at a raised
-  one: its split, T, answer and correct tokens, depth sums, the ceiling's expected correct
-  tokens (ambiguous tasks) and, for tasks graded by generation, whether the generated answer is
-  right;
+  one, each with the trained decider and `forced` (every token runs all T iterations: the
+  `fixed` decider on the same parameters, which asks whether the model can use more depth, not
+  whether its decider spends it): its split, T, answer and correct tokens, depth sums, the
+  ceiling's expected correct tokens (ambiguous tasks) and, for tasks graded by generation,
+  whether the generated answer is right;
 - `tokens`: one row per annotated token of the in-distribution split at the trained D: depth,
   expected depth, complexity and every feature at the token's own position (the prediction its
   depth decides) and at both neighbours (`name@-1`, `name@+1`);
@@ -29,13 +31,17 @@ from anira_jax import trace as trace_lib
 from anira_jax.analysis import alignment, timing
 
 OFFSETS = (-1, 1)
+# What `run_records` writes; records of another version are read again from their run.
+# 2: sequence rows with every token forced to T iterations (`forced`).
+RECORDS_VERSION = 2
 
 
-def _sequence_rows(trace: trace_lib.Trace, split: int, max_depth: int,
+def _sequence_rows(trace: trace_lib.Trace, split: int, max_depth: int, forced: bool,
                    ceiling_feature: str | None, right_B: np.ndarray | None) -> dict:
   answer = trace.answer_mask.astype(np.float64)
-  rows = {'split': np.full(trace.batch_size, split), 'max_depth': np.full(trace.batch_size,
-                                                                          max_depth),
+  rows = {'split': np.full(trace.batch_size, split),
+          'max_depth': np.full(trace.batch_size, max_depth),
+          'forced': np.full(trace.batch_size, float(forced)),
           'size': trace.size.astype(np.int64),
           'answer_tokens': answer.sum(-1), 'correct_tokens': (answer * trace.correct).sum(-1),
           'depth_sum': (answer * trace.depth).sum(-1),
@@ -79,32 +85,42 @@ def _merge(parts: Sequence[dict]) -> dict:
 
 def run_records(run: inspect.Run, raised_depth: int, *, num_batches: int | None = None,
                 batch_size: int | None = None) -> dict[str, dict[str, np.ndarray]]:
-  """{'sequences', 'tokens'[, 'timing']} of one run (see the module docstring); `num_batches`
-  and `batch_size` of each split (default: the run's evaluation counts)."""
+  """{'sequences', 'tokens'[, 'timing'], 'meta'} of one run (see the module docstring);
+  `num_batches` and `batch_size` of each split (default: the run's evaluation counts)."""
   task, counts = run.task, dict(num_batches=num_batches, batch_size=batch_size)
   splits = list(run.experiment.splits)
   generative = isinstance(task, tasks.Generative)
   sequences, offset = [], 0
   for i, name in enumerate(splits):
-    first = offset  # an example keeps its id at both depths, so the bootstrap pairs them
-    for depth in (run.max_depth, raised_depth):
-      trace = run.trace_split(name, max_depth=depth, **counts)
-      right = None
-      if generative:
-        generated, verdicts = run.generate_split(name, max_depth=depth, **counts)
-        right = list(verdicts.values())[-1]
-        if i == 0 and depth == run.max_depth:
-          timed = generated
-      rows = _sequence_rows(trace, i, depth, task.ceiling_feature, right)
-      rows['sequence'] = first + np.arange(trace.batch_size)
-      offset = first + trace.batch_size
-      sequences.append(rows)
-      if i == 0 and depth == run.max_depth:
-        in_distribution = trace
-  records = {'sequences': _merge(sequences), 'tokens': _token_rows(in_distribution)}
+    first = offset  # an example keeps its id in every variant, so the bootstrap pairs them
+    for forced in (False, True):
+      decider = 'fixed' if forced else None
+      for depth in (run.max_depth, raised_depth):
+        trained = not forced and depth == run.max_depth
+        trace = run.trace_split(name, max_depth=depth, decider=decider, **counts)
+        right = None
+        if generative:
+          generated, verdicts = run.generate_split(name, max_depth=depth, decider=decider,
+                                                   **counts)
+          right = list(verdicts.values())[-1]
+          if i == 0 and trained:
+            timed = generated
+        rows = _sequence_rows(trace, i, depth, forced, task.ceiling_feature, right)
+        rows['sequence'] = first + np.arange(trace.batch_size)
+        offset = first + trace.batch_size
+        sequences.append(rows)
+        if i == 0 and trained:
+          in_distribution = trace
+  records = {'sequences': _merge(sequences), 'tokens': _token_rows(in_distribution),
+             'meta': {'version': np.asarray(RECORDS_VERSION)}}
   if task.feature_groups:
     records['timing'] = _timing_rows(timed if generative else in_distribution, task)
   return records
+
+
+def current(records: dict) -> bool:
+  """Whether records were written by this `run_records` (`RECORDS_VERSION`)."""
+  return int(records.get('meta', {}).get('version', 1)) == RECORDS_VERSION
 
 
 def save(records: dict, path) -> None:
@@ -131,11 +147,16 @@ def accuracy_kind(task: tasks.Task) -> str:
   return 'ceiling' if task.ceiling_feature else 'token'
 
 
-def accuracy(split: int, max_depth: int, kind: str):
-  """The statistic: accuracy of a split at T, read as `kind` says: 'right' (generated answers),
-  'ceiling' (token accuracy over the ceiling's), 'token' (token accuracy)."""
+def _rows(r: dict, split: int, max_depth: int, forced: bool) -> np.ndarray:
+  return (r['split'] == split) & (r['max_depth'] == max_depth) & (r['forced'] == forced)
+
+
+def accuracy(split: int, max_depth: int, kind: str, forced: bool = False):
+  """The statistic: accuracy of a split at T (with the trained decider, or every token
+  `forced` to T iterations), read as `kind` says: 'right' (generated answers), 'ceiling'
+  (token accuracy over the ceiling's), 'token' (token accuracy)."""
   def statistic(r):
-    rows = (r['split'] == split) & (r['max_depth'] == max_depth)
+    rows = _rows(r, split, max_depth, forced)
     if not rows.any():
       return None
     if kind == 'right':
@@ -146,9 +167,10 @@ def accuracy(split: int, max_depth: int, kind: str):
 
 
 def mean_depth(split: int, max_depth: int, expected: bool = False):
-  """The statistic: mean executed (or expected) depth over a split's answer tokens at T."""
+  """The statistic: mean executed (or expected) depth over a split's answer tokens at T, with
+  the trained decider."""
   def statistic(r):
-    rows = (r['split'] == split) & (r['max_depth'] == max_depth)
+    rows = _rows(r, split, max_depth, forced=False)
     tokens = r['answer_tokens'][rows].sum()
     key = 'expected_depth_sum' if expected else 'depth_sum'
     return float(r[key][rows].sum() / tokens) if tokens else None
