@@ -195,7 +195,7 @@ def verdicts(figures: dict) -> dict:
       for split in beyond:
         claims[f'more depth on {split}'] = stats.verdict(f[f'depth_rise/{split}']['ci'],
                                                         MARGINS['depth'])
-      for split in beyond:
+      for split in f['splits'][1:]:
         claims[f'every token at 2D answers {split} better'] = stats.verdict(
             f[f'forced_gain/{split}']['ci'], MARGINS['accuracy'])
       if not learned(f):
