@@ -13,15 +13,15 @@ records.npz, stamped with the run's config (records.json): records are read only
 they came from is the current one (`_same_run`) and `run_records` has not changed since
 (`analysis.study.RECORDS_VERSION`; older ones are read again from the run's checkpoint). The
 default OUT, results/study, is where the repository keeps the records (and nothing else of a run:
-.gitignore), so a study that takes longer than one machine's session is finished across several. Then the table
-pools the seeds: every figure is the mean over seeds with a 95% interval that resamples seeds and,
-within each, sequences (`stats.seed_bootstrap`). A verdict compares an interval with the smallest
-effect that matters (`stats.verdict`; the margins are `MARGINS`), and only for a (cell, decider)
-that has learned its task: in-distribution accuracy at least `LEARNED` of the ceiling (a model that
-cannot do the task says nothing about where it spends depth). Both deciders share the task's γ, b
-and learning rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the paper does. Writes
-OUT/study.md and OUT/study.json; `--table_only` writes them from the runs finished so far, training
-nothing.
+.gitignore), so a study that takes longer than one machine's session is finished across several.
+Then the table pools the seeds: every figure is the mean over seeds with a 95% interval that
+resamples seeds and, within each, sequences (`stats.seed_bootstrap`). A verdict compares an interval
+with the smallest effect that matters (`stats.verdict`; the margins are `MARGINS`), and only for a
+(cell, decider) that has learned its task: in-distribution accuracy at least `LEARNED` of the
+ceiling (a model that cannot do the task says nothing about where it spends depth). Both deciders
+share the task's γ, b and learning rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the
+paper does. Writes OUT/study.md and OUT/study.json; `--table_only` writes them from the runs
+finished so far, training nothing.
 """
 
 from __future__ import annotations
