@@ -18,7 +18,8 @@ Then the table pools the seeds: every figure is the mean over seeds with a 95% i
 resamples seeds and, within each, sequences (`stats.seed_bootstrap`). A verdict compares an interval
 with the smallest effect that matters (`stats.verdict`; the margins are `MARGINS`), and only for a
 (cell, decider) that has learned its task: in-distribution accuracy at least `LEARNED` of the
-ceiling (a model that cannot do the task says nothing about where it spends depth). Both deciders
+ceiling (a model that cannot do the task says nothing about where it spends depth), over at least
+`MIN_SEEDS` seeds (one seed's interval says nothing of how seeds differ). Both deciders
 share the task's γ, b and learning rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the
 paper does. Writes OUT/study.md and OUT/study.json; `--table_only` writes them from the runs
 finished so far, training nothing.
@@ -60,7 +61,9 @@ CELLS, DECIDERS, config_for = common.STUDY_CELLS, common.STUDY_DECIDERS, common.
 MARGINS = {'rho': 0.1, 'accuracy': 0.02, 'depth': 0.1, 'r2': 0.02}
 # In-distribution accuracy, as a share of the task's ceiling, from which a run counts as learned.
 LEARNED = 0.95
-WITHHELD = 'withheld: not learned'
+# Fewer seeds than this and an interval covers sequences only, not how seeds differ.
+MIN_SEEDS = 2
+NOT_LEARNED, ONE_SEED = 'withheld: not learned', 'withheld: one seed'
 # The paper's numbers beside ours (DESIGN.md §1).
 PAPER = {'lano_rho_expansion': {'early': 0.666, 'online': 0.456}, 'brevo_r2_size_early': 0.28}
 
@@ -180,9 +183,17 @@ def learned(f: dict) -> bool:
   return accuracy is not None and accuracy >= LEARNED
 
 
+def withheld(f: dict) -> str | None:
+  """Why no claim is judged on a (cell, decider), if none is: it has not learned its task, or
+  it has fewer than `MIN_SEEDS` seeds."""
+  if not learned(f):
+    return NOT_LEARNED
+  return ONE_SEED if f['seeds'] < MIN_SEEDS else None
+
+
 def verdicts(figures: dict) -> dict:
   """The paper's findings as claims on intervals (`stats.verdict`), per cell and decider, each
-  `WITHHELD` where the decider has not learned the cell's task."""
+  withheld (`withheld`) where the decider has not learned the cell's task or has one seed."""
   out = {}
   for cell, by_decider in figures.items():
     for decider, f in by_decider.items():
@@ -198,8 +209,8 @@ def verdicts(figures: dict) -> dict:
       for split in f['splits'][1:]:
         claims[f'every token at 2D answers {split} better'] = stats.verdict(
             f[f'forced_gain/{split}']['ci'], MARGINS['accuracy'])
-      if not learned(f):
-        claims = dict.fromkeys(claims, WITHHELD)
+      if withheld(f):
+        claims = dict.fromkeys(claims, withheld(f))
       out.setdefault(cell, {})[decider] = claims
   return out
 
@@ -215,9 +226,8 @@ def cue_verdicts(figures: dict) -> dict:
     key = f'rho/{tasks_headline(cell)}'
     e, o = by_decider['early'], by_decider['online']
     gap = stats.difference(e[key], o[key])
-    both = learned(e) and learned(o)
-    out[cell] = {**gap, 'verdict': stats.verdict(gap['ci'], MARGINS['rho']) if both
-                 else WITHHELD}
+    reason = withheld(e) or withheld(o)
+    out[cell] = {**gap, 'verdict': reason or stats.verdict(gap['ci'], MARGINS['rho'])}
   return out
 
 
@@ -233,8 +243,8 @@ def timing_verdicts(figures: dict) -> dict:
   if 'brevo' not in figures or set(figures['brevo']) != set(DECIDERS):
     return {}
   e, o = figures['brevo']['early'], figures['brevo']['online']
-  judge = ((lambda ci: stats.verdict(ci, MARGINS['r2'])) if learned(e) and learned(o)
-           else (lambda ci: WITHHELD))
+  reason = withheld(e) or withheld(o)
+  judge = lambda ci: reason or stats.verdict(ci, MARGINS['r2'])  # noqa: E731
   state = stats.difference(o['timing/groups/execution_state/added'],
                            e['timing/groups/execution_state/added'])
   static = stats.difference(e['timing/groups/static_structure/added'],

@@ -97,7 +97,7 @@ def test_verdicts_are_withheld_where_the_task_is_not_learned():
   figures = {'lano': {'early': study.cell_figures('lano', 'early', runs, n_boot=40)}}
   assert not study.learned(figures['lano']['early'])
   claims = study.verdicts(figures)['lano']['early']
-  assert set(claims.values()) == {study.WITHHELD}  # even the alignment, which is there
+  assert set(claims.values()) == {study.NOT_LEARNED}  # even the alignment, which is there
   # the table names the seed below the bar (italic) beside the one above it
   row = next(r for r in study.table(figures, study.verdicts(figures), {}, {})
              .splitlines() if r.startswith('| lano | early |'))
@@ -105,16 +105,20 @@ def test_verdicts_are_withheld_where_the_task_is_not_learned():
   assert low.strip()[0] == low.strip()[-1] == '*'
   assert float(low.strip(' *')) == pytest.approx(0.6, abs=0.03)
   assert float(high) == pytest.approx(0.97, abs=0.015)
+  # one learned seed: its interval covers sequences only, so no claim is judged either
+  one = {'lano': {'early': study.cell_figures('lano', 'early', runs[1:], n_boot=40)}}
+  assert study.learned(one['lano']['early'])
+  assert set(study.verdicts(one)['lano']['early'].values()) == {study.ONE_SEED}
 
 
-def _cue_figures(rho_early, rho_online, acc_online=0.99):
-  """Just what `cue_verdicts` reads of a MANO (cell, decider): accuracy and ρ draws."""
+def _cue_figures(rho_early, rho_online, acc_online=0.99, seeds_online=3):
+  """Just what `cue_verdicts` reads of a MANO (cell, decider): accuracy, seeds, ρ draws."""
   rng = np.random.default_rng(3)
-  def one(rho, acc):
+  def one(rho, acc, seeds):
     draws = list(rho + rng.normal(0, 0.02, 200))
-    return {'max_depth': 6, 'accuracy/in_distribution/T6': {'mean': acc},
+    return {'max_depth': 6, 'accuracy/in_distribution/T6': {'mean': acc}, 'seeds': seeds,
             'rho/tree_height': {'mean': rho, 'draws': draws}}
-  return {'early': one(rho_early, 0.99), 'online': one(rho_online, acc_online)}
+  return {'early': one(rho_early, 0.99, 3), 'online': one(rho_online, acc_online, seeds_online)}
 
 
 def test_the_static_cue_is_judged_by_the_gap_between_deciders():
@@ -123,7 +127,9 @@ def test_the_static_cue_is_judged_by_the_gap_between_deciders():
   assert cue['mano']['mean'] == pytest.approx(0.4) and cue['mano']['verdict'] == 'holds'
   assert cue['mano_no_marker']['verdict'] == 'does not hold'
   unlearned = study.cue_verdicts({'mano': _cue_figures(0.6, 0.2, acc_online=0.5)})
-  assert unlearned['mano']['verdict'] == study.WITHHELD
+  assert unlearned['mano']['verdict'] == study.NOT_LEARNED
+  one_seed = study.cue_verdicts({'mano': _cue_figures(0.6, 0.2, seeds_online=1)})
+  assert one_seed['mano']['verdict'] == study.ONE_SEED
   assert study.cue_verdicts({'mano': {'early': figures['mano']['early']}}) == {}
 
 
