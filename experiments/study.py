@@ -209,8 +209,8 @@ def verdicts(figures: dict) -> dict:
       for split in f['splits'][1:]:
         claims[f'every token at 2D answers {split} better'] = stats.verdict(
             f[f'forced_gain/{split}']['ci'], MARGINS['accuracy'])
-      if withheld(f):
-        claims = dict.fromkeys(claims, withheld(f))
+      if reason := withheld(f):
+        claims = dict.fromkeys(claims, reason)
       out.setdefault(cell, {})[decider] = claims
   return out
 
