@@ -60,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.keep_checkpoints = 3
   config.train.preemption_check_every = 10  # steps between multi-host SIGTERM agreements
   config.train.curriculum_steps = 0  # sizes open smallest first over these steps (tasks.Stream)
+  # 'SIZE:WEIGHT,...': training draws a size in proportion to its weight (unlisted training
+  # sizes weigh 1); '' = uniformly. E.g. '4:4' spends most of the batch on the hardest size.
+  config.train.size_weights = ''
   # Extrapolation ingredients, off by default: `ingredients.Ingredients`' fields.
   config.train.update(Ingredients.defaults())
 
@@ -120,3 +123,25 @@ def parse_sizes(spec: str | int | tuple, path: str = 'sizes') -> tuple[int, ...]
   if not sizes:
     raise ConfigError(f'config.{path}={spec!r} names no sizes')
   return tuple(sorted(set(sizes)))
+
+
+def parse_size_weights(spec: str, sizes: tuple[int, ...],
+                       path: str = 'train.size_weights') -> tuple[float, ...] | None:
+  """'4:4,2:0.5' -> one weight per size of `sizes` (unlisted ones 1); '' -> None (uniform)."""
+  if not str(spec).strip():
+    return None
+  weights = dict.fromkeys(sizes, 1.0)
+  for part in str(spec).replace(' ', '').split(','):
+    match = re.fullmatch(r'(\d+):(\d+(?:\.\d*)?|\.\d+)', part)
+    if not match:
+      raise ConfigError(f'config.{path}={spec!r}: expected SIZE:WEIGHT pairs like "4:4,2:0.5" '
+                        f'with weights > 0')
+    size, weight = int(match[1]), float(match[2])
+    if size not in weights:
+      raise ConfigError(f'config.{path}={spec!r} weighs size {size}, which training does not '
+                        f'draw (its sizes: {sizes})')
+    if weight <= 0:
+      raise ConfigError(f'config.{path}={spec!r}: the weight of size {size} must be > 0 (leave '
+                        'a size out of training with task.train_sizes or task.holdout_sizes)')
+    weights[size] = weight
+  return tuple(weights[s] for s in sizes)

@@ -17,7 +17,7 @@ import ml_collections
 import tasks
 from anira_jax import deciders, gsm_symbolic, options, pretrained
 from anira_jax.anira import Anira
-from anira_jax.config import EVAL_SOURCES, parse_sizes
+from anira_jax.config import EVAL_SOURCES, parse_size_weights, parse_sizes
 from anira_jax.ingredients import Ingredients
 from anira_jax.model.config import ModelConfig
 from anira_jax.options import ConfigError
@@ -35,6 +35,8 @@ class Experiment:
   pretrained: pretrained.Options = pretrained.Options()  # the checkpoint training starts from
   gsm_symbolic: gsm_symbolic.Options = gsm_symbolic.Options()  # the benchmark after training
   ingredients: Ingredients = Ingredients()  # what the training step adds (config.train)
+  # How often training draws each of train_sizes (aligned with it); None = uniformly.
+  train_size_weights: tuple[float, ...] | None = None
 
 
 def _sizes(config: ml_collections.ConfigDict, field: str) -> tuple[int, ...]:
@@ -164,6 +166,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     raise ConfigError(f'config.model.kind="standard" (unshared layers) runs every layer: it '
                       f'needs decider.name="fixed", not {config.decider.name!r}')
   _check_train(config.train)
+  size_weights = parse_size_weights(config.train.size_weights, sizes)
   ingredients = Ingredients.from_train(config.train)
   _check_mesh_and_eval(config, model)
   start = pretrained.Options.from_section(config.pretrained, 'pretrained')
@@ -174,4 +177,4 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   return Experiment(config=config, task=task,
                     anira=Anira(model, config.decider.name, decider_opts),
                     train_sizes=sizes, splits=splits, pretrained=start, gsm_symbolic=gsm,
-                    ingredients=ingredients)
+                    ingredients=ingredients, train_size_weights=size_weights)

@@ -205,6 +205,11 @@ class Stream:
   draws from the smallest ceil(k · (step + 1) / curriculum_steps) of the k sizes, all of them
   from step curriculum_steps - 1 on. Sequences keep the full length, so the jitted step never
   sees a new shape.
+
+  `size_weights` (one per size, in the order of `sizes`) draws sizes in proportion to them
+  instead of uniformly, e.g. to spend the batch on the one size still being learned while the
+  small ones, learned early, stay in the mix; under a curriculum the open sizes' weights are
+  renormalised. Without weights the stream is exactly the uniform one.
   """
 
   task: Task
@@ -216,10 +221,16 @@ class Stream:
   seq_len: int | None = None  # defaults to task.seq_len(max(sizes))
   annotate: bool = True  # add `Task.annotate`'s features
   curriculum_steps: int = 0  # steps over which the sizes open, smallest first; 0 = all at once
+  size_weights: tuple[float, ...] | None = None  # by size, aligned with `sizes`; None = uniform
 
   def __post_init__(self):
     if not self.sizes:
       raise ValueError('a stream needs at least one size')
+    if self.size_weights is not None and (
+        len(self.size_weights) != len(self.sizes)
+        or not all(math.isfinite(w) and w > 0 for w in self.size_weights)):
+      raise ValueError(f'size_weights={self.size_weights} must be one finite weight > 0 for each '
+                       f'of the sizes {self.sizes}')
     if self.curriculum_steps < 0:
       raise ValueError(f'curriculum_steps={self.curriculum_steps} must be >= 0')
     if not 0 <= self.host_index < self.host_count:
@@ -243,7 +254,13 @@ class Stream:
   def batch(self, step: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([*np.atleast_1d(self.seed), step, self.host_index,
                                  self.host_count])
-    sizes = rng.choice(np.asarray(self.open_sizes(step)), size=self.batch_size)
+    open_sizes = self.open_sizes(step)
+    if self.size_weights is None:
+      sizes = rng.choice(np.asarray(open_sizes), size=self.batch_size)
+    else:
+      weight = dict(zip(self.sizes, self.size_weights))
+      p = np.asarray([weight[s] for s in open_sizes])
+      sizes = rng.choice(np.asarray(open_sizes), size=self.batch_size, p=p / p.sum())
     examples = [self.task.sample(rng, int(s)) for s in sizes]
     if self.annotate:
       examples = [self.task.annotate(ex, self.sizes) for ex in examples]

@@ -9,6 +9,7 @@ import pytest
 from anira_jax import config as config_lib
 from anira_jax import deciders, experiment
 from anira_jax.options import ConfigError
+from anira_jax.training import loop
 from experiments import common, parity
 
 
@@ -43,6 +44,9 @@ def _config(**overrides):
     ('train.grad_accumulation_steps', 5,
      r'config.train.batch_size=64 must be divisible by train.grad_accumulation_steps=5'),
     ('train.curriculum_steps', -1, r'config.train.curriculum_steps=-1 must be an integer >= 0'),
+    ('train.size_weights', '4', r"config.train.size_weights='4': expected SIZE:WEIGHT pairs"),
+    ('train.size_weights', '40:2', r'weighs size 40, which training does not draw'),
+    ('train.size_weights', '4:0', r'the weight of size 4 must be > 0'),
     ('task.train_sizes', '8-1', r"config.task.train_sizes='8-1': range 8-1 is empty"),
     ('task.train_sizes', 'many', r"config.task.train_sizes='many': expected sizes like"),
     ('task.holdout_sizes', '1-16', r'removes every training size'),
@@ -53,6 +57,15 @@ def _config(**overrides):
 def test_invalid_value_names_field_and_allowed_values(path, value, match):
   with pytest.raises(ConfigError, match=match):
     experiment.build(_config(**{path: value}))
+
+
+def test_size_weights_are_aligned_with_the_training_sizes():
+  built = experiment.build(_config(**{'task.train_sizes': '1-4', 'task.holdout_sizes': '3',
+                                      'train.size_weights': '4:4, 1:0.5'}))
+  assert built.train_sizes == (1, 2, 4)
+  assert built.train_size_weights == (0.5, 1.0, 4.0)
+  assert loop.train_stream(built).size_weights == (0.5, 1.0, 4.0)
+  assert experiment.build(_config()).train_size_weights is None
 
 
 def test_a_decider_section_refuses_fields_it_does_not_have():

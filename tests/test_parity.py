@@ -145,6 +145,24 @@ def test_curriculum_opens_sizes_smallest_first_then_is_the_plain_stream():
     tasks.Stream(task, sizes=sizes, batch_size=1, seed=0, curriculum_steps=-1)
 
 
+def test_size_weights_draw_sizes_in_proportion():
+  task = tasks.make('parity')
+  sizes = (2, 4, 8)
+  weighted = tasks.Stream(task, sizes=sizes, batch_size=512, seed=0, size_weights=(1.0, 1.0, 6.0))
+  drawn = np.concatenate([weighted.batch(s)['size'] for s in range(8)])  # 4096 draws
+  shares = [(drawn == s).mean() for s in sizes]
+  np.testing.assert_allclose(shares, [0.125, 0.125, 0.75], atol=0.03)  # ~5 binomial sd
+  # Under a curriculum only the open sizes are drawn, by their renormalised weights.
+  opening = tasks.Stream(task, sizes=sizes, batch_size=2048, seed=0, curriculum_steps=3,
+                         size_weights=(1.0, 3.0, 100.0))
+  drawn = opening.batch(1)['size']  # sizes 2 and 4 open
+  assert set(drawn.tolist()) == {2, 4}
+  np.testing.assert_allclose((drawn == 4).mean(), 0.75, atol=0.05)
+  for bad in [(1.0, 2.0), (1.0, 0.0, 1.0), (1.0, float('nan'), 1.0)]:
+    with pytest.raises(ValueError, match='must be one finite weight > 0 for each of the sizes'):
+      tasks.Stream(task, sizes=sizes, batch_size=1, seed=0, size_weights=bad)
+
+
 def test_bad_inputs():
   with pytest.raises(ValueError, match='unknown task'):
     tasks.make('sudoku')

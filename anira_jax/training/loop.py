@@ -96,13 +96,14 @@ def _prefetch(stream: tasks.Stream, start: int, stop: int, depth: int = 4):
 
 
 def train_stream(exp: experiment.Experiment) -> tasks.Stream:
-  """This host's share of the training batches: the task at its training sizes, opened by the
-  config's curriculum, without the evaluation-only annotations."""
+  """This host's share of the training batches: the task at its training sizes, weighted and
+  opened by the config's curriculum, without the evaluation-only annotations."""
   config = exp.config
   return tasks.Stream(exp.task, exp.train_sizes, config.train.batch_size // jax.process_count(),
                       seed=config.seed, host_index=jax.process_index(),
                       host_count=jax.process_count(), annotate=False,
-                      curriculum_steps=config.train.curriculum_steps)
+                      curriculum_steps=config.train.curriculum_steps,
+                      size_weights=exp.train_size_weights)
 
 
 def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int = 1,
