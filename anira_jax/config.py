@@ -130,13 +130,16 @@ def parse_size_weights(spec: str, sizes: tuple[int, ...],
   """'4:4,2:0.5' -> one weight per size of `sizes` (unlisted ones 1); '' -> None (uniform)."""
   if not str(spec).strip():
     return None
-  weights = dict.fromkeys(sizes, 1.0)
+  weights, named = dict.fromkeys(sizes, 1.0), set()
   for part in str(spec).replace(' ', '').split(','):
     match = re.fullmatch(r'(\d+):(\d+(?:\.\d*)?|\.\d+)', part)
     if not match:
       raise ConfigError(f'config.{path}={spec!r}: expected SIZE:WEIGHT pairs like "4:4,2:0.5" '
                         f'with weights > 0')
     size, weight = int(match[1]), float(match[2])
+    if size in named:
+      raise ConfigError(f'config.{path}={spec!r} weighs size {size} twice')
+    named.add(size)
     if size not in weights:
       raise ConfigError(f'config.{path}={spec!r} weighs size {size}, which training does not '
                         f'draw (its sizes: {sizes})')

@@ -47,6 +47,7 @@ def _config(**overrides):
     ('train.size_weights', '4', r"config.train.size_weights='4': expected SIZE:WEIGHT pairs"),
     ('train.size_weights', '40:2', r'weighs size 40, which training does not draw'),
     ('train.size_weights', '4:0', r'the weight of size 4 must be > 0'),
+    ('train.size_weights', '4:2,4:3', r'weighs size 4 twice'),
     ('task.train_sizes', '8-1', r"config.task.train_sizes='8-1': range 8-1 is empty"),
     ('task.train_sizes', 'many', r"config.task.train_sizes='many': expected sizes like"),
     ('task.holdout_sizes', '1-16', r'removes every training size'),
