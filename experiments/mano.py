@@ -55,9 +55,9 @@ def get_config(arg=None):
                                     options=options, decider=args.decider)
     # L = 1 and 2 are answered exactly within a few thousand steps; what seeds disagree on is
     # L = 4 (uniform draws, 90,000 steps: L = 4 at 0.69-0.98 over three seeds). Drawing L = 4 for
-    # two thirds of the batch learns it in two thirds of the steps, inside the 30 minutes: seeds
-    # 1 and 2, the two under 0.95 with uniform draws at 90,000 steps (0.947, 0.898), reach 0.961
-    # and 0.938 at 60,000.
+    # two thirds of the batch learns it in two thirds of the steps (about 27 minutes alone at the
+    # 90,000-step runs' rate): seeds 1 and 2, the two under 0.95 with uniform draws at 90,000
+    # steps (0.947, 0.898), reach 0.961 and 0.938 at 60,000.
     config.model.update(width=64, num_heads=4, max_depth=6, position='rope')
     config.train.update(steps=60_000, batch_size=64, warmup_steps=500, log_every=1000,
                         checkpoint_every=5000, size_weights='4:4')
