@@ -59,6 +59,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 3
   config.train.preemption_check_every = 10  # steps between multi-host SIGTERM agreements
+  # Optimizer steps per jitted call (one lax.scan): the same updates, the host's per-step work
+  # (dispatch, bookkeeping) paid once for k steps, for small models on an accelerator.
+  # log_every, checkpoint_every and eval.every_steps must be multiples of it; several hosts
+  # agree on SIGTERM at dispatch ends that are multiples of preemption_check_every.
+  config.train.steps_per_dispatch = 1
   config.train.curriculum_steps = 0  # sizes open smallest first over these steps (tasks.Stream)
   # 'SIZE:WEIGHT,...': training draws a size in proportion to its weight (unlisted training
   # sizes weigh 1); '' = uniformly. E.g. '4:4' spends most of the batch on the hardest size.

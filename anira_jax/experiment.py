@@ -130,6 +130,20 @@ def _check_train(t: ml_collections.ConfigDict) -> None:
                       f'train.steps={t.steps}')
 
 
+def _check_dispatch(config: ml_collections.ConfigDict) -> None:
+  """The loop acts only at the end of a dispatch: its intervals must fall on one."""
+  per_dispatch = config.train.steps_per_dispatch
+  options.integer('train.steps_per_dispatch', per_dispatch, 1)
+  intervals = {'train.log_every': config.train.log_every,
+               'train.checkpoint_every': config.train.checkpoint_every,
+               'eval.every_steps': config.eval.every_steps}
+  for path, every in intervals.items():
+    if every % per_dispatch:
+      raise ConfigError(f'config.{path}={every} must be a multiple of '
+                        f'train.steps_per_dispatch={per_dispatch}: the loop logs, evaluates and '
+                        'saves only after a whole dispatch')
+
+
 def _check_mesh_and_eval(config: ml_collections.ConfigDict, model: ModelConfig) -> None:
   options.integer('mesh.fsdp', config.mesh.fsdp, 1)
   if not isinstance(config.mesh.data, int) or (config.mesh.data < 1 and config.mesh.data != -1):
@@ -169,6 +183,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   size_weights = parse_size_weights(config.train.size_weights, sizes)
   ingredients = Ingredients.from_train(config.train)
   _check_mesh_and_eval(config, model)
+  _check_dispatch(config)
   start = pretrained.Options.from_section(config.pretrained, 'pretrained')
   gsm = gsm_symbolic.Options.from_section(config.gsm_symbolic, 'gsm_symbolic')
   if gsm.path and not isinstance(task, tasks.TextTask):

@@ -41,9 +41,10 @@ def make_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
                        devices=devices)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over every device."""
-  return NamedSharding(mesh, P(BATCH_AXES))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Leading (batch) axis split over every device; with `stacked`, the axis after a leading one
+  that stacks several steps' batches."""
+  return NamedSharding(mesh, P(None, BATCH_AXES) if stacked else P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -66,7 +67,9 @@ def state_shardings(mesh: Mesh, abstract_state):
   return jax.tree.map(lambda x: NamedSharding(mesh, _leaf_spec(x.shape, fsdp)), abstract_state)
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's rows of the global batch → one global array per key."""
-  sharding = batch_sharding(mesh)
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh,
+                 stacked: bool = False) -> dict[str, jax.Array]:
+  """This process's rows of the global batch → one global array per key (`stacked`: leaves
+  [k, rows, ...], k steps' batches)."""
+  sharding = batch_sharding(mesh, stacked)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

@@ -53,7 +53,8 @@ LEASE_SECONDS = 900.0  # a lock from another host untouched this long belongs to
 # field changes what the saved state means or how it trains on.
 RESUMABLE = (
     'train.steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
-    'train.preemption_check_every', 'train.grad_accumulation_steps', 'eval.every_steps',
+    'train.preemption_check_every', 'train.grad_accumulation_steps',
+    'train.steps_per_dispatch', 'eval.every_steps',
     'eval.data_dir', 'mesh.data', 'mesh.fsdp',
 )
 

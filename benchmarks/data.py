@@ -1,18 +1,22 @@
 """Data speed: examples/s each task's stream generates, next to what its train step consumes.
 
-    python -m benchmarks.data            # every experiment's CPU default
-    python -m benchmarks.data --steps=5  # fewer timed steps
+    python -m benchmarks.data                        # every experiment's CPU default
+    python -m benchmarks.data --steps=5              # fewer timed steps
+    python -m benchmarks.data --configs=parity:ponder --batch_size=1024  # PonderNet's vectors
 
 For each experiment config it times (a) `Stream.batch` at the training sizes and at the largest
-size the config evaluates, and (b) the jitted train step on that config, in one run, then prints
-the ratio generation / consumption. Generation runs in a background thread during training
-(`loop._prefetch`), so a ratio above 1 means training never waits for data; one generator
-thread serves one process. Figures are also written to benchmarks/data.json.
+size the config evaluates, (b) the same training batches drawn one example at a time (the default
+`Task.sample_batch`; the same path as (a) for tasks that do not draw whole batches), and (c) the
+jitted train step on that config, in one run, then prints the ratio generation / consumption.
+Generation runs in a background thread during training (`loop._prefetch`), so a ratio above 1
+means training never waits for data; one generator thread serves one process. Figures are also
+written to benchmarks/data.json.
 """
 
 import functools
 
 import jax
+import numpy as np
 from absl import app, flags
 
 from benchmarks import timing
@@ -25,12 +29,17 @@ from experiments import common
 
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed repetitions of each measurement.')
 _CONFIGS = flags.DEFINE_list('configs', ['parity', 'mano', 'brevo', 'clrs', 'lano'],
-                             'Experiment names under experiments/.')
+                             'Experiment names under experiments/, each NAME or NAME:ARG (the '
+                             'config argument, as after launch.py --config=experiments/NAME.py:).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 0, "Examples per batch; 0 = each config's own.")
 _OUT = flags.DEFINE_string('out', 'benchmarks/data.json', 'Where to write the figures.')
 
 
 def measure(name: str, repeats: int) -> dict:
-  config = common.load_module(f'experiments/{name}.py').get_config()
+  module, _, arg = name.partition(':')
+  config = common.load_module(f'experiments/{module}.py').get_config(arg or None)
+  if _BATCH_SIZE.value:
+    config.train.batch_size = _BATCH_SIZE.value
   exp = experiment.build(config)
   task, anira, train_sizes = exp.task, exp.anira, exp.train_sizes
   batch_size = config.train.batch_size
@@ -40,6 +49,10 @@ def measure(name: str, repeats: int) -> dict:
   counter = iter(range(10**9))
   gen_train = timing.median_seconds(lambda: stream.batch(next(counter)), repeats)
   gen_largest = timing.median_seconds(lambda: big.batch(next(counter)), repeats)
+  rng = np.random.default_rng(0)
+  gen_one_by_one = timing.median_seconds(
+      lambda: tasks.Task.sample_batch(task, rng, rng.choice(train_sizes, batch_size),
+                                      stream.length), repeats)
 
   tx = state_lib.make_optimizer(config.train)
   state = state_lib.create(anira, tx, jax.random.key(0))
@@ -59,6 +72,7 @@ def measure(name: str, repeats: int) -> dict:
       'largest_eval_size': largest,
       'generated_examples_per_s_train_sizes': batch_size / gen_train,
       'generated_examples_per_s_largest_size': batch_size / gen_largest,
+      'generated_examples_per_s_one_at_a_time': batch_size / gen_one_by_one,
       'consumed_examples_per_s': batch_size / step_seconds,
       'headroom': step_seconds / gen_train,
   }
@@ -67,11 +81,12 @@ def measure(name: str, repeats: int) -> dict:
 def main(argv):
   del argv
   results = {name: measure(name, _STEPS.value) for name in _CONFIGS.value}
-  print(f'{"config":<8}{"gen ex/s (train)":>18}{"gen ex/s (largest)":>20}'
-        f'{"step ex/s":>11}{"headroom":>10}')
+  print(f'{"config":<15}{"gen ex/s (train)":>18}{"gen ex/s (largest)":>20}'
+        f'{"one at a time":>15}{"step ex/s":>11}{"headroom":>10}')
   for name, r in results.items():
-    print(f'{name:<8}{r["generated_examples_per_s_train_sizes"]:>18.0f}'
+    print(f'{name:<15}{r["generated_examples_per_s_train_sizes"]:>18.0f}'
           f'{r["generated_examples_per_s_largest_size"]:>20.0f}'
+          f'{r["generated_examples_per_s_one_at_a_time"]:>15.0f}'
           f'{r["consumed_examples_per_s"]:>11.0f}{r["headroom"]:>9.1f}x')
   timing.write_results(results, _OUT.value)
 

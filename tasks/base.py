@@ -115,6 +115,22 @@ class Task(abc.ABC):
     """The smallest and largest size this task can generate (inclusive)."""
     return 1, 10**9
 
+  def sample_batch(self, rng: np.random.Generator, sizes: np.ndarray, seq_len: int,
+                   annotate_sizes: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """One example per entry of `sizes` [B], drawn only from `rng`, padded to `seq_len` as
+    `make_batch` pads them; with `annotate_sizes`, annotated (`annotate`) as by a stream over
+    those sizes.
+
+    By default one `sample` per example. A task overrides it to draw the whole batch with array
+    operations where a Python loop over examples would keep an accelerator waiting for the host
+    (parity's PonderNet vectors: 74 ms a batch of 1,024 one at a time). An override must draw
+    from the same distribution as `sample`, not the same values.
+    """
+    examples = [self.sample(rng, int(s)) for s in sizes]
+    if annotate_sizes is not None:
+      examples = [self.annotate(ex, annotate_sizes) for ex in examples]
+    return make_batch(examples, sizes, seq_len, self.feature_names)
+
   def decode(self, tokens: Sequence[int]) -> list[str]:
     return [self.vocab[int(t)] for t in tokens]
 
@@ -261,10 +277,8 @@ class Stream:
       weight = dict(zip(self.sizes, self.size_weights))
       p = np.asarray([weight[s] for s in open_sizes])
       sizes = rng.choice(np.asarray(open_sizes), size=self.batch_size, p=p / p.sum())
-    examples = [self.task.sample(rng, int(s)) for s in sizes]
-    if self.annotate:
-      examples = [self.task.annotate(ex, self.sizes) for ex in examples]
-    return make_batch(examples, sizes, self.length, self.task.feature_names)
+    return self.task.sample_batch(rng, sizes, self.length,
+                                  self.sizes if self.annotate else None)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     step = 0

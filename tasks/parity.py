@@ -70,35 +70,32 @@ class ParityTask(base.Task):
 
   def sample(self, rng: np.random.Generator, size: int) -> base.Example:
     if self.layout == 'prefix':
-      bits = rng.integers(0, 2, size=size)
-      ones = np.cumsum(bits)
-      tokens = np.where(bits == 1, _ONE, _ZERO)
-      targets = np.where(ones % 2 == 1, _ONE, _ZERO)
-      loss_mask = np.ones(size, bool)
-      informative = np.arange(1, size + 1)
-    elif self.layout == 'vector':
-      values = self._sparse_signs(rng, size)
-      ones = np.sum(values == 1, keepdims=True)
-      return base.Example(
-          tokens=np.asarray([_BOS], np.int32),
-          targets=np.where(ones % 2 == 1, _ONE, _ZERO).astype(np.int32),
-          loss_mask=np.ones(1, bool), complexity=np.asarray([size], np.float32),
-          features=dict(ones_so_far=ones.astype(np.float32), position=np.ones(1, np.float32)),
-          vectors=values[None].astype(np.float32))
+      fields = self._prefix_fields(rng.integers(0, 2, size=(1, size)))
     else:
-      values = self._sparse_signs(rng, size)
-      ones = np.cumsum(values == 1)
-      tokens = np.select([values == 1, values == -1], [_ONE, _MINUS_ONE], _ZERO)
-      targets = np.where(ones % 2 == 1, _ONE, _ZERO)
-      loss_mask = np.zeros(self.ponder_length, bool)
-      loss_mask[-1] = True
-      informative = np.cumsum(values != 0)
-    position = np.arange(1, len(tokens) + 1)
-    example = base.Example(
-        tokens=tokens.astype(np.int32), targets=targets.astype(np.int32), loss_mask=loss_mask,
-        complexity=informative.astype(np.float32),
-        features=dict(ones_so_far=ones.astype(np.float32), position=position.astype(np.float32)))
-    return _after_bos(example) if self.bos else example
+      fields = self._fields(self._sparse_signs(rng, size)[None])
+    row = {name: value[0] for name, value in fields.items()}
+    return base.Example(
+        tokens=row['tokens'], targets=row['targets'], loss_mask=row['loss_mask'],
+        complexity=row['complexity'], features={name: row[name] for name in self.feature_names},
+        vectors=row.get('vectors'))
+
+  def sample_batch(self, rng: np.random.Generator, sizes: np.ndarray, seq_len: int,
+                   annotate_sizes=None) -> dict[str, np.ndarray]:
+    """The PonderNet layouts draw the whole batch at once (`Task.sample_batch`); `prefix`, whose
+    examples differ in length, one example at a time."""
+    if self.layout == 'prefix':
+      return super().sample_batch(rng, sizes, seq_len, annotate_sizes)
+    fields = self._fields(self._sparse_signs_batch(rng, np.asarray(sizes)))
+    length = fields['tokens'].shape[1]
+    if length > seq_len:
+      raise ValueError(f'example of length {length} does not fit seq_len={seq_len}')
+    pad = lambda x: np.pad(x, [(0, 0), (0, seq_len - length)] + [(0, 0)] * (x.ndim - 2))
+    batch = {name: pad(fields[name]) for name in ('tokens', 'targets', 'loss_mask', 'complexity')}
+    batch.update(annotated=batch['loss_mask'].copy(), size=np.asarray(sizes, np.int32),
+                 features={name: pad(fields[name]) for name in self.feature_names})
+    if 'vectors' in fields:
+      batch['vectors'] = pad(fields['vectors'])
+    return batch
 
   def _sparse_signs(self, rng: np.random.Generator, size: int) -> np.ndarray:
     """PonderNet's input: `ponder_length` entries, `size` of them ±1 at random places, else 0."""
@@ -107,11 +104,54 @@ class ParityTask(base.Task):
     values[places] = rng.choice([-1, 1], size=size)
     return values
 
+  def _sparse_signs_batch(self, rng: np.random.Generator, sizes: np.ndarray) -> np.ndarray:
+    """`_sparse_signs` for every size in `sizes` [B] at once: [B, ponder_length]. The entries
+    ranked below `size` by i.i.d. uniform keys are a uniform random set of `size` places, as
+    `rng.choice(..., replace=False)` draws one; their signs are fair coins."""
+    keys = rng.random((len(sizes), self.ponder_length))
+    rank = np.argsort(np.argsort(keys, axis=1), axis=1)
+    signs = 2 * rng.integers(0, 2, size=keys.shape) - 1
+    return np.where(rank < sizes[:, None], signs, 0)
 
-def _after_bos(ex: base.Example) -> base.Example:
-  """`ex` behind a `<s>` token that has no target, complexity 0 and features 0."""
-  ahead = lambda x, value: np.concatenate([np.asarray([value], x.dtype), x])
-  return base.Example(
-      tokens=ahead(ex.tokens, _BOS), targets=ahead(ex.targets, 0),
-      loss_mask=ahead(ex.loss_mask, False), complexity=ahead(ex.complexity, 0),
-      features={name: ahead(v, 0) for name, v in ex.features.items()})
+  def _prefix_fields(self, bits: np.ndarray) -> dict[str, np.ndarray]:
+    """The prefix layout's arrays, each [B, n] (behind `<s>` with `bos`), from `bits` [B, n]."""
+    ones = np.cumsum(bits, axis=1)
+    position = np.broadcast_to(np.arange(1, bits.shape[1] + 1, dtype=np.float32), bits.shape)
+    fields = dict(
+        tokens=np.where(bits == 1, _ONE, _ZERO).astype(np.int32),
+        targets=np.where(ones % 2 == 1, _ONE, _ZERO).astype(np.int32),
+        loss_mask=np.ones(bits.shape, bool), complexity=position,
+        ones_so_far=ones.astype(np.float32), position=position)
+    return _after_bos(fields) if self.bos else fields
+
+  def _fields(self, values: np.ndarray) -> dict[str, np.ndarray]:
+    """The PonderNet layouts' arrays, each [B, T, ...] (behind `<s>` with `bos`), from vectors
+    `values` [B, ponder_length]: tokens, targets, loss_mask, complexity, the features, and in the
+    vector layout `vectors`."""
+    batch_size = len(values)
+    if self.layout == 'vector':
+      ones = np.sum(values == 1, axis=1, keepdims=True)  # [B, 1]
+      return dict(
+          tokens=np.full((batch_size, 1), _BOS, np.int32),
+          targets=np.where(ones % 2 == 1, _ONE, _ZERO).astype(np.int32),
+          loss_mask=np.ones((batch_size, 1), bool),
+          complexity=np.sum(values != 0, axis=1, keepdims=True).astype(np.float32),
+          ones_so_far=ones.astype(np.float32), position=np.ones((batch_size, 1), np.float32),
+          vectors=values[:, None, :].astype(np.float32))
+    ones = np.cumsum(values == 1, axis=1)  # [B, L]
+    loss_mask = np.zeros(values.shape, bool)
+    loss_mask[:, -1] = True
+    fields = dict(
+        tokens=np.select([values == 1, values == -1], [_ONE, _MINUS_ONE], _ZERO).astype(np.int32),
+        targets=np.where(ones % 2 == 1, _ONE, _ZERO).astype(np.int32), loss_mask=loss_mask,
+        complexity=np.cumsum(values != 0, axis=1).astype(np.float32),
+        ones_so_far=ones.astype(np.float32),
+        position=np.broadcast_to(np.arange(1, values.shape[1] + 1, dtype=np.float32),
+                                 values.shape))
+    return _after_bos(fields) if self.bos else fields
+
+
+def _after_bos(fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`fields` (each [B, T]) behind a `<s>` token that has no target, complexity 0, features 0."""
+  ahead = lambda x, value: np.concatenate([np.full((len(x), 1), value, x.dtype), x], axis=1)
+  return {name: ahead(x, _BOS if name == 'tokens' else 0) for name, x in fields.items()}

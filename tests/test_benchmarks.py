@@ -70,3 +70,15 @@ def test_quick_attention_benchmark_compares_equal_functions(tmp_path):
   for row in rows:
     assert row['max_abs_difference'] < 1e-4, row['case']
     assert row['plain_ms'] > 0 and row['kernel_ms'] > 0, row['case']
+
+
+@pytest.mark.slow
+def test_data_benchmark_takes_a_config_argument_and_times_both_draws(tmp_path):
+  out = tmp_path / 'data.json'
+  result = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.data', '--configs=parity:ponder', '--steps=1',
+       '--batch_size=16', f'--out={out}'], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  row = json.loads(out.read_text())['parity:ponder']
+  assert row['batch_size'] == 16 and row['train_sizes'] == [1, 48]
+  assert row['generated_examples_per_s_one_at_a_time'] > 0 and row['headroom'] > 0

@@ -27,6 +27,7 @@ _SCRIPT_PATH = os.pathsep.join([str(REPO), str(REPO / 'tests')])
 _MESH_SCRIPT = textwrap.dedent('''
     import json, sys
     import jax
+    import numpy as np
     from anira_jax import evaluation, experiment, sharding, train_state as state_lib
     from anira_jax.training import loop
     import tasks
@@ -35,9 +36,10 @@ _MESH_SCRIPT = textwrap.dedent('''
     decider = sys.argv[1]
     results = {}
     # The same losses with two microbatches per step, for a decider that draws no random keys.
-    meshes = [(1, 1, 1, 1), (8, 1, 8, 1), (4, 2, 8, 1)]
-    meshes += [(4, 2, 8, 2)] if decider == 'fixed' else []
-    for data, fsdp, devices, microbatches in meshes:
+    # And two steps a dispatch: the stacked batches split over the mesh along their second axis.
+    meshes = [(1, 1, 1, 1, 1), (8, 1, 8, 1, 1), (4, 2, 8, 1, 1), (4, 2, 8, 1, 2)]
+    meshes += [(4, 2, 8, 2, 1)] if decider == 'fixed' else []
+    for data, fsdp, devices, microbatches, per_dispatch in meshes:
       config = small_config(steps=10, warmup_steps=2, grad_accumulation_steps=microbatches)
       config.decider.name = decider
       config.model.width = 64  # big enough that fsdp really splits kernels
@@ -46,17 +48,20 @@ _MESH_SCRIPT = textwrap.dedent('''
       task, anira = exp.task, exp.anira
       mesh = sharding.make_mesh(config, devices=jax.devices()[:devices])
       tx = state_lib.make_optimizer(config.train)
-      create, _, shardings, step = loop.compile_training(anira, tx, mesh, jax.random.key(1),
-                                                         microbatches)
+      create, _, shardings, step = loop.compile_training(
+          anira, tx, mesh, jax.random.key(1), microbatches, steps_per_dispatch=per_dispatch)
       state = create(jax.random.key(0))
       split = sum(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(shardings))
       stream = tasks.Stream(task, exp.train_sizes, 32, seed=0)
       losses = []
-      for i in range(6):
-        batch = sharding.global_batch(evaluation.device_batch(stream.batch(i)), mesh)
-        state, metrics = step(state, batch)
-        losses.append(float(metrics['loss']))
-      name = f'{data}x{fsdp}' + (f'/{microbatches}' if microbatches > 1 else '')
+      for i in range(0, 6, per_dispatch):
+        local = [evaluation.device_batch(stream.batch(i + j)) for j in range(per_dispatch)]
+        if per_dispatch > 1:
+          local = [jax.tree.map(lambda *leaves: np.stack(leaves), *local)]
+        state, metrics = step(state, sharding.global_batch(local[0], mesh, per_dispatch > 1))
+        losses.append(float(metrics['loss']))  # the dispatch's last step
+      name = (f'{data}x{fsdp}' + (f'/{microbatches}' if microbatches > 1 else '')
+              + (f' dispatch {per_dispatch}' if per_dispatch > 1 else ''))
       results[name] = {'losses': losses, 'split_leaves': int(split),
                        'devices': len(mesh.devices.flat)}
     print(json.dumps(results))
@@ -77,6 +82,8 @@ def test_sharded_training_matches_one_device(decider):
   for mesh in {'8x1', '4x2', '4x2/2'} & set(runs):
     np.testing.assert_allclose(runs[mesh]['losses'], runs['1x1']['losses'], rtol=2e-4,
                                err_msg=mesh)
+  np.testing.assert_allclose(runs['4x2 dispatch 2']['losses'], runs['1x1']['losses'][1::2],
+                             rtol=2e-4)
 
 
 # Runs in a fresh process with 8 simulated CPU devices; prints {mesh: evaluation results}.

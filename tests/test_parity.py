@@ -73,6 +73,57 @@ def test_a_batch_of_vector_examples_pads_the_vectors_with_zeros():
                   vectors=np.zeros(8, np.float32))
 
 
+@pytest.mark.parametrize('layout,bos', [('ponder', False), ('ponder', True), ('vector', False)])
+def test_a_stream_of_ponder_vectors_draws_whole_batches_right_by_brute_force(layout, bos):
+  """The PonderNet layouts draw a batch with array operations (`ParityTask.sample_batch`), not
+  through `sample`: every row checked against its own entries, padding to a longer seq_len."""
+  task = tasks.make('parity', layout=layout, ponder_length=12, bos=bos)
+  length = task.seq_len(12)
+  stream = tasks.Stream(task, sizes=(1, 5, 12), batch_size=64, seed=2, seq_len=length + 2)
+  batch = stream.batch(3)
+  assert batch['tokens'].shape == (64, length + 2) and set(batch['size'].tolist()) == {1, 5, 12}
+  for key in ('tokens', 'targets', 'loss_mask', 'annotated', 'complexity'):
+    assert not batch[key][:, length:].any(), key
+  np.testing.assert_array_equal(batch['annotated'], batch['loss_mask'])
+  for b, size in enumerate(batch['size']):
+    if layout == 'vector':
+      assert 'vectors' in batch and batch['vectors'].shape == (64, length + 2, 12)
+      entries, last = batch['vectors'][b, 0], 0
+      assert batch['tokens'][b, 0] == BOS and not batch['vectors'][b, 1:].any()
+    else:
+      assert 'vectors' not in batch
+      tokens = batch['tokens'][b, bos:length]
+      entries, last = np.select([tokens == ONE, tokens == MINUS_ONE], [1, -1], 0), length - 1
+      assert (batch['tokens'][b, 0] == BOS) == bos
+      np.testing.assert_array_equal(batch['complexity'][b, bos:length], np.cumsum(entries != 0))
+      np.testing.assert_array_equal(batch['features']['position'][b, bos:length],
+                                    np.arange(1, 13))
+    assert np.sum(entries != 0) == size and set(entries.tolist()) <= {-1, 0, 1}
+    assert np.flatnonzero(batch['loss_mask'][b]).tolist() == [last]
+    assert batch['targets'][b, last] == (ONE if np.sum(entries == 1) % 2 else ZERO)
+    assert batch['complexity'][b, last] == size
+    assert batch['features']['ones_so_far'][b, last] == np.sum(entries == 1)
+  np.testing.assert_array_equal(stream.batch(3)['tokens'], batch['tokens'])
+  with pytest.raises(ValueError, match=f'does not fit seq_len={length - 1}'):
+    task.sample_batch(np.random.default_rng(0), np.ones(2, int), seq_len=length - 1)
+
+
+def test_whole_batch_ponder_vectors_are_uniform_over_places_and_signs():
+  """Against the closed form `sample` also draws from: 2 of 4 places, each of the 6 sets with
+  probability 1/6, each sign fair and independent of the place."""
+  task = tasks.make('parity', layout='vector', ponder_length=4)
+  entries = np.concatenate([task.sample_batch(np.random.default_rng(s), np.full(3000, 2), 1)
+                            ['vectors'][:, 0] for s in range(4)])  # [12000, 4]
+  sets, counts = np.unique(entries != 0, axis=0, return_counts=True)
+  assert len(sets) == 6 and (sets.sum(1) == 2).all()
+  np.testing.assert_allclose(counts / len(entries), 1 / 6, atol=0.02)  # ~6 binomial sd
+  for place in range(4):
+    signs = entries[:, place][entries[:, place] != 0]
+    np.testing.assert_allclose((signs == 1).mean(), 0.5, atol=0.03)
+  both = entries[(entries[:, 0] != 0) & (entries[:, 1] != 0)][:, :2]
+  np.testing.assert_allclose((both[:, 0] == both[:, 1]).mean(), 0.5, atol=0.06)
+
+
 @pytest.mark.parametrize('layout', ['prefix', 'ponder'])
 def test_bos_puts_a_marker_without_target_ahead_of_the_same_example(layout):
   plain, marked = (tasks.make('parity', layout=layout, bos=b) for b in (False, True))

@@ -2,7 +2,9 @@
 logged once, a corrupt checkpoint replaced by the previous one, a changed config refused unless
 allowed), and stops within a few steps of a non-finite loss."""
 
+import contextlib
 import functools
+import io
 import json
 import pathlib
 import shutil
@@ -144,12 +146,34 @@ def _steps(workdir) -> list[int]:
   return [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').open()]
 
 
-def test_resume_after_a_crash_logs_every_step_once(interrupted, tmp_path, capsys):
-  run = shutil.copytree(interrupted, tmp_path / 'run')
-  assert _steps(run) == [2, 4, 6, 8, 10]
-  loop.train_and_evaluate(_interrupted_config(), run)
-  assert 'Resuming from checkpoint step 8' in capsys.readouterr().out
+@pytest.fixture(scope='module')
+def resumed(interrupted, tmp_path_factory):
+  """(workdir, printed output) of the interrupted run resumed with its own config."""
+  run = shutil.copytree(interrupted, tmp_path_factory.mktemp('resumed') / 'run')
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    loop.train_and_evaluate(_interrupted_config(), run)
+  return run, printed.getvalue()
+
+
+def test_resume_after_a_crash_logs_every_step_once(interrupted, resumed):
+  run, printed = resumed
+  assert _steps(interrupted) == [2, 4, 6, 8, 10]
+  assert 'Resuming from checkpoint step 8' in printed
   assert _steps(run) == [2, 4, 6, 8, 10, 12]  # step 10, logged after checkpoint 8, once
+
+
+def test_steps_per_dispatch_makes_the_same_updates_from_any_step(interrupted, resumed, tmp_path):
+  """Resumed at step 8 with 3 steps a dispatch (step 9, then 10-12: realigned after the first):
+  the parameters of resuming step by step, metrics logged at dispatch ends."""
+  run = shutil.copytree(interrupted, tmp_path / 'run')
+  config = _interrupted_config()
+  config.train.update(steps_per_dispatch=3, log_every=3, checkpoint_every=3)
+  config.eval.every_steps = 999
+  loop.train_and_evaluate(config, run)  # every change is one a resumed run may make
+  assert _steps(run) == [2, 4, 6, 8, 9, 12]
+  chex.assert_trees_all_close(inspect.load(run).params, inspect.load(resumed[0]).params,
+                              rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize('field,value,named', [
@@ -239,9 +263,11 @@ def test_a_non_finite_step_is_skipped_keeping_params():
   chex.assert_trees_all_equal(new.params, poisoned.params)
 
 
-def test_a_non_finite_loss_stops_the_run_within_a_few_steps(tmp_path, monkeypatch):
+@pytest.mark.parametrize('per_dispatch', [1, 4])
+def test_a_non_finite_loss_stops_the_run_within_a_few_steps(tmp_path, monkeypatch, per_dispatch):
   """Parameters turn NaN from step 7 on; checkpoints (every 100 steps) and metrics (every 100)
-  are far away, yet the run stops a few steps later."""
+  are far away, yet the run stops a few steps (dispatches) later, naming step 7 even inside a
+  dispatch of 4."""
   real_step = step_lib.train_step
 
   def poisoned(state, batch, **kwargs):
@@ -250,10 +276,13 @@ def test_a_non_finite_loss_stops_the_run_within_a_few_steps(tmp_path, monkeypatc
                      batch, **kwargs)
 
   monkeypatch.setattr(step_lib, 'train_step', poisoned)
-  config = small_config(steps=200, checkpoint_every=100, log_every=100, warmup_steps=2)
+  config = small_config(steps=200, checkpoint_every=100, log_every=100, warmup_steps=2,
+                        steps_per_dispatch=per_dispatch)
   with pytest.raises(loop.NonFiniteLossError) as e:
     loop.train_and_evaluate(config, tmp_path)
-  assert e.value.step == 7 and e.value.stopped_at <= 7 + loop.NON_FINITE_LAG
+  assert e.value.step == 7
+  dispatch_end = -(-7 // per_dispatch) * per_dispatch  # of the dispatch holding step 7
+  assert e.value.stopped_at <= dispatch_end + loop.NON_FINITE_LAG * per_dispatch
   assert_one_line(e, 'non-finite loss or gradient at step 7', 'no checkpoint was written',
                   'the run starts again from step 0')
   assert not list((tmp_path / 'checkpoints').iterdir())

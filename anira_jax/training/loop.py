@@ -61,14 +61,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 class _NonFiniteWatch:
-  """Checks every step's count of skipped (non-finite) steps, `lag` steps after dispatching it."""
+  """Checks every step's count of skipped (non-finite) steps, `lag` dispatches after making it."""
 
   def __init__(self, skipped_at_start: int, lag: int = NON_FINITE_LAG):
     self.baseline, self.lag = skipped_at_start, lag
     self._pending = collections.deque()
 
   def push(self, step: int, skipped: jax.Array) -> int | None:
-    """Queues step's counter; returns the first non-finite step among those now read."""
+    """Queues the skip counter after `step` (or [k] counters after steps step-k+1..step, one
+    dispatch's); returns the first non-finite step among those now read."""
     skipped.copy_to_host_async()
     self._pending.append((step, skipped))
     return self._read(keep=self.lag)
@@ -79,8 +80,10 @@ class _NonFiniteWatch:
   def _read(self, keep: int) -> int | None:
     while len(self._pending) > keep:
       step, skipped = self._pending.popleft()
-      if int(skipped) > self.baseline:
-        return step
+      counts = np.atleast_1d(np.asarray(skipped))
+      over = np.flatnonzero(counts > self.baseline)
+      if over.size:
+        return step - len(counts) + 1 + int(over[0])
     return None
 
 
@@ -95,6 +98,18 @@ def _prefetch(stream: tasks.Stream, start: int, stop: int, depth: int = 4):
       yield batch
 
 
+def _dispatches(stream: tasks.Stream, start: int, stop: int, per_dispatch: int):
+  """(last step, its batches) for each dispatch of steps start+1..stop: every dispatch ends at a
+  multiple of `per_dispatch` or at `stop`, so a run resumed at any step realigns after its first
+  one, and the loop's intervals (multiples of `per_dispatch`) fall on dispatch ends."""
+  batches = _prefetch(stream, start, stop, depth=max(4, 2 * per_dispatch))
+  step = start
+  while step < stop:
+    end = min((step // per_dispatch + 1) * per_dispatch, stop)
+    yield end, [next(batches) for _ in range(end - step)]
+    step = end
+
+
 def train_stream(exp: experiment.Experiment) -> tasks.Stream:
   """This host's share of the training batches: the task at its training sizes, weighted and
   opened by the config's curriculum, without the evaluation-only annotations."""
@@ -107,20 +122,23 @@ def train_stream(exp: experiment.Experiment) -> tasks.Stream:
 
 
 def compile_training(anira: Anira, tx, mesh, train_key, accumulation_steps: int = 1,
-                     ingredients=None):
+                     ingredients=None, steps_per_dispatch: int = 1):
   """(create, abstract_state, state_sharding, train_step) for a mesh.
 
   The state is born sharded — shapes first (`eval_shape`), then shardings, then a jitted
-  initialisation with those output shardings — and the train step keeps it so (donated).
+  initialisation with those output shardings — and the train step keeps it so (donated). With
+  `steps_per_dispatch` > 1 the train step takes k stacked batches (`step.train_steps`; k up to
+  `steps_per_dispatch`, each k compiled once).
   """
   create = functools.partial(state_lib.create, anira, tx)
   abstract_state = jax.eval_shape(create, jax.random.key(0))
   state_sharding = sharding.state_shardings(mesh, abstract_state)
+  stacked = steps_per_dispatch > 1
   train_step = jax.jit(
-      functools.partial(step_lib.train_step, anira=anira, tx=tx, key=train_key,
-                        accumulation_steps=accumulation_steps,
+      functools.partial(step_lib.train_steps if stacked else step_lib.train_step, anira=anira,
+                        tx=tx, key=train_key, accumulation_steps=accumulation_steps,
                         **({} if ingredients is None else {'ingredients': ingredients})),
-      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+      in_shardings=(state_sharding, sharding.batch_sharding(mesh, stacked)),
       out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=0)
   return (jax.jit(create, out_shardings=state_sharding), abstract_state, state_sharding,
           train_step)
@@ -182,8 +200,10 @@ def _train_and_evaluate(exp: experiment.Experiment, mesh, workdir: pathlib.Path,
                                                   allow_config_change))
   tx = state_lib.make_optimizer(config.train)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  per_dispatch = config.train.steps_per_dispatch
   create, abstract_state, state_sharding, train_step = compile_training(
-      anira, tx, mesh, train_key, config.train.grad_accumulation_steps, exp.ingredients)
+      anira, tx, mesh, train_key, config.train.grad_accumulation_steps, exp.ingredients,
+      per_dispatch)
   last_saved, state = _restore(mngr, abstract_state, state_sharding)
   if state is None:  # a fresh start: from config.pretrained's checkpoint, or random
     state = (pretrained.train_state(anira, tx, exp.pretrained, init_key, state_sharding)
@@ -217,11 +237,14 @@ def _train_and_evaluate(exp: experiment.Experiment, mesh, workdir: pathlib.Path,
       raise NonFiniteLossError(bad_step, step, last_saved, workdir)
 
   try:
-    for step, batch in enumerate(_prefetch(stream, start, total), start=start + 1):
-      state, metrics = train_step(state, sharding.global_batch(evaluation.device_batch(batch),
-                                                               mesh))
-      stop_if_non_finite(finite.push(step, metrics['skipped_steps']), step)
-      tokens_since += float(np.sum(batch['tokens'] != 0)) * jax.process_count()
+    for step, batches in _dispatches(stream, start, total, per_dispatch):
+      local = [evaluation.device_batch(batch) for batch in batches]
+      stacked = per_dispatch > 1
+      local = jax.tree.map(lambda *leaves: np.stack(leaves), *local) if stacked else local[0]
+      state, metrics = train_step(state, sharding.global_batch(local, mesh, stacked))
+      skipped = metrics.pop('skipped_steps_each', metrics['skipped_steps'])
+      stop_if_non_finite(finite.push(step, skipped), step)
+      tokens_since += sum(float(np.sum(b['tokens'] != 0)) for b in batches) * jax.process_count()
       if writer and (step % config.train.log_every == 0 or step == total):
         metrics = jax.device_get(metrics)
         now = time.perf_counter()
@@ -231,7 +254,7 @@ def _train_and_evaluate(exp: experiment.Experiment, mesh, workdir: pathlib.Path,
         bar.set_postfix(loss=f'{metrics["loss"]:.3f}', acc=f'{metrics["token_accuracy"]:.3f}',
                         depth=f'{metrics["mean_depth"]:.2f}',
                         tok_s=f'{metrics["tokens_per_second"]:.0f}')
-      bar.update(1)
+      bar.update(len(batches))
       if step % config.eval.every_steps == 0 and step != total:
         results = evaluation.evaluate(exp, state.params, sets, step, mesh=mesh)
         for name, r in results['splits'].items():

@@ -76,3 +76,16 @@ def train_step(state: TrainState, batch: dict, *, anira: Anira, tx: optax.Gradie
                          opt_state=keep(opt_state, state.opt_state),
                          skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
   return new_state, {**metrics, 'grad_norm': grad_norm, 'skipped_steps': new_state.skipped_steps}
+
+
+def train_steps(state: TrainState, batches: dict, **step_options) -> tuple[TrainState, dict]:
+  """`train_step` on each of k batches in turn (every leaf [k, B, ...]) within one `lax.scan`:
+  k optimizer updates for one dispatch, so an accelerator is not left waiting for the host
+  between small steps. The same updates as k calls (each step folds its own step number into the
+  key). Returns the last step's metrics, as the loop reads them at the last step, with
+  `skipped_steps_each` [k], the skip counter after each step, which names the first non-finite
+  step of the k."""
+  state, metrics = jax.lax.scan(
+      lambda s, batch: train_step(s, batch, **step_options), state, batches)
+  return state, {**jax.tree.map(lambda m: m[-1], metrics),
+                 'skipped_steps_each': metrics['skipped_steps']}
