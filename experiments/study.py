@@ -22,13 +22,16 @@ ceiling (a model that cannot do the task says nothing about where it spends dept
 `MIN_SEEDS` seeds (one seed's interval says nothing of how seeds differ). Both deciders
 share the task's γ, b and learning rate, chosen on ANIRA-E (`experiments/select_prior.py`), as the
 paper does. Writes OUT/study.md and OUT/study.json; `--table_only` writes them from the runs
-finished so far, training nothing.
+finished so far, training nothing. Each (cell, decider)'s figures are kept in OUT/.figures/ and
+recomputed only when one of its runs, or the code behind them, has changed (`_cached_figures`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
+import pickle
 import shutil
 import sys
 import time
@@ -64,6 +67,7 @@ LEARNED = 0.95
 # Fewer seeds than this and an interval covers sequences only, not how seeds differ.
 MIN_SEEDS = 2
 NOT_LEARNED, ONE_SEED = 'withheld: not learned', 'withheld: one seed'
+FIGURES_CACHE = '.figures'  # under OUT: each (cell, decider)'s figures (`_cached_figures`)
 # The paper's numbers beside ours (DESIGN.md §1).
 PAPER = {'lano_rho_expansion': {'early': 0.666, 'online': 0.456}, 'brevo_r2_size_early': 0.28}
 
@@ -173,6 +177,29 @@ def cell_figures(cell: str, decider: str, runs: list[dict], n_boot: int) -> dict
       figures[f'timing/{key}'] = stats.seed_bootstrap(
           timed, study_lib.variance_explained(task.feature_groups, task.timing_control, key),
           n_boot=max(n_boot // 5, 50), keep_draws=True)
+  return figures
+
+
+def _cached_figures(out: pathlib.Path, cell: str, decider: str, runs: dict[int, dict],
+                    n_boot: int) -> dict:
+  """`cell_figures` over `runs` ({seed: records}), kept in OUT/.figures/ (not in git) under a
+  hash of everything they depend on: each run's records file, the number of draws and the source
+  of the code that computes them. A table over many cells then recomputes only those whose runs
+  changed, minutes less each time a run is added."""
+  key = hashlib.sha256(json.dumps([cell, decider, n_boot, sorted(runs)]).encode())
+  task_module = sys.modules[tasks.TASKS[config_for(cell, decider, 0).task.name].__module__]
+  for module in (sys.modules[__name__], common, study_lib, stats, task_module):
+    key.update(pathlib.Path(module.__file__).read_bytes())
+  for seed in sorted(runs):
+    key.update((out / cell / decider / f'seed_{seed}' / 'records.npz').read_bytes())
+  path = out / FIGURES_CACHE / f'{cell}.{decider}.pkl'
+  if path.exists():
+    stored = pickle.loads(path.read_bytes())
+    if stored['key'] == key.hexdigest():
+      return stored['figures']
+  figures = cell_figures(cell, decider, [runs[seed] for seed in sorted(runs)], n_boot)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(pickle.dumps({'key': key.hexdigest(), 'figures': figures}))
   return figures
 
 
@@ -350,14 +377,14 @@ def run_study(out: pathlib.Path, cells: list[str], seeds: list[int], n_boot: int
   figures: dict = {}
   for cell in CELLS:
     for decider in DECIDERS:
-      runs = []
+      runs = {}
       for seed in seeds:
         if wanted and [cell, decider, str(seed)] not in wanted:
           continue
-        runs.append(run_cell(out, cell, decider, seed, train=train, prior_runs=prior_runs))
-      runs = [r for r in runs if r is not None]
+        runs[seed] = run_cell(out, cell, decider, seed, train=train, prior_runs=prior_runs)
+      runs = {seed: r for seed, r in runs.items() if r is not None}
       if runs and not wanted:
-        figures.setdefault(cell, {})[decider] = cell_figures(cell, decider, runs, n_boot)
+        figures.setdefault(cell, {})[decider] = _cached_figures(out, cell, decider, runs, n_boot)
   if wanted:
     return 'ran ' + ', '.join(cells)
   verdict_table, timing, cue = verdicts(figures), timing_verdicts(figures), cue_verdicts(figures)

@@ -304,6 +304,31 @@ def test_table_only_tabulates_finished_runs_and_trains_nothing(tmp_path, monkeyp
   assert json.loads((tmp_path / 'study.json').read_text())['learned'] == study.LEARNED
 
 
+def test_a_table_recomputes_only_the_figures_whose_runs_changed(tmp_path, monkeypatch):
+  for decider, seed in (('early', 0), ('online', 0), ('online', 1)):
+    _finished_run(tmp_path, decider, seed, np.random.default_rng(seed + 7))
+  computed = []
+  real = study.cell_figures
+  monkeypatch.setattr(study, 'cell_figures', lambda cell, decider, runs, n_boot: (
+      computed.append((decider, len(runs))) or real(cell, decider, runs, n_boot)))
+  first = study.run_study(tmp_path, [], [0, 1, 2], n_boot=20, train=False)
+  assert sorted(computed) == [('early', 1), ('online', 2)]
+  computed.clear()
+  assert study.run_study(tmp_path, [], [0, 1, 2], n_boot=20, train=False) == first
+  assert computed == []
+  # A run added or trained again: only its (cell, decider) is recomputed.
+  _finished_run(tmp_path, 'early', 1, np.random.default_rng(9))
+  study.run_study(tmp_path, [], [0, 1, 2], n_boot=20, train=False)
+  assert computed == [('early', 2)]
+  computed.clear()
+  study_lib.save(_records(np.random.default_rng(10)), tmp_path / 'lano/online/seed_1/records.npz')
+  study.run_study(tmp_path, [], [0, 1, 2], n_boot=20, train=False)
+  assert computed == [('online', 2)]
+  computed.clear()
+  study.run_study(tmp_path, [], [0, 1, 2], n_boot=30, train=False)  # other draws: every one
+  assert sorted(computed) == [('early', 2), ('online', 2)]
+
+
 def test_the_prior_is_chosen_by_accuracy_then_compute():
   points = [{'gamma': 0.01, 'prior_base': 1.0, 'accuracy': 0.96, 'mean_depth': 4.0},
             {'gamma': 0.01, 'prior_base': 1.5, 'accuracy': 0.955, 'mean_depth': 2.5},
