@@ -1,7 +1,7 @@
 """The benchmarks' documented commands run end to end (small, `--quick`): the inference JSON
 holds every table, with compacted inference equal to the masked loop it is timed against; the
-train step's torch model is the same model; the attention benchmark times equal functions.
-Figures are not checked: speed is the benchmark's to report, not a test's to assert."""
+train step's torch model is the same model; the attention benchmark times equal functions; the
+data and dispatch benchmarks take their config arguments. Figures are not checked: speed is the benchmark's to report, not a test's to assert."""
 
 import json
 import subprocess
@@ -82,3 +82,15 @@ def test_data_benchmark_takes_a_config_argument_and_times_both_draws(tmp_path):
   row = json.loads(out.read_text())['parity:ponder']
   assert row['batch_size'] == 16 and row['train_sizes'] == [1, 48]
   assert row['generated_examples_per_s_one_at_a_time'] > 0 and row['headroom'] > 0
+
+
+@pytest.mark.slow
+def test_quick_dispatch_benchmark_times_each_k_through_the_loops_path(tmp_path):
+  out = tmp_path / 'dispatch.json'
+  result = subprocess.run([sys.executable, '-m', 'benchmarks.dispatch', '--quick', f'--out={out}'],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = json.loads(out.read_text())['rows']
+  assert [(r['batch_size'], r['steps_per_dispatch'], r['steps']) for r in rows] == [
+      (16, 1, 16), (16, 4, 16)]
+  assert rows[0]['ratio'] == 1.0 and all(r['steps_per_second'] > 0 for r in rows)

@@ -27,8 +27,7 @@ _SCRIPT_PATH = os.pathsep.join([str(REPO), str(REPO / 'tests')])
 _MESH_SCRIPT = textwrap.dedent('''
     import json, sys
     import jax
-    import numpy as np
-    from anira_jax import evaluation, experiment, sharding, train_state as state_lib
+    from anira_jax import experiment, sharding, train_state as state_lib
     from anira_jax.training import loop
     import tasks
     from test_train import small_config
@@ -54,11 +53,8 @@ _MESH_SCRIPT = textwrap.dedent('''
       split = sum(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(shardings))
       stream = tasks.Stream(task, exp.train_sizes, 32, seed=0)
       losses = []
-      for i in range(0, 6, per_dispatch):
-        local = [evaluation.device_batch(stream.batch(i + j)) for j in range(per_dispatch)]
-        if per_dispatch > 1:
-          local = [jax.tree.map(lambda *leaves: np.stack(leaves), *local)]
-        state, metrics = step(state, sharding.global_batch(local[0], mesh, per_dispatch > 1))
+      for _, _, batch in loop.dispatches(stream, 0, 6, per_dispatch, mesh):
+        state, metrics = step(state, batch)
         losses.append(float(metrics['loss']))  # the dispatch's last step
       name = (f'{data}x{fsdp}' + (f'/{microbatches}' if microbatches > 1 else '')
               + (f' dispatch {per_dispatch}' if per_dispatch > 1 else ''))

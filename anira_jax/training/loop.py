@@ -98,15 +98,21 @@ def _prefetch(stream: tasks.Stream, start: int, stop: int, depth: int = 4):
       yield batch
 
 
-def _dispatches(stream: tasks.Stream, start: int, stop: int, per_dispatch: int):
-  """(last step, its batches) for each dispatch of steps start+1..stop: every dispatch ends at a
-  multiple of `per_dispatch` or at `stop`, so a run resumed at any step realigns after its first
-  one, and the loop's intervals (multiples of `per_dispatch`) fall on dispatch ends."""
+def dispatches(stream: tasks.Stream, start: int, stop: int, per_dispatch: int, mesh):
+  """(last step, host batches, global batch) for each dispatch of steps start+1..stop: the
+  batches `compile_training`'s train step takes, stacked [k, ...] when `per_dispatch` > 1. Every
+  dispatch ends at a multiple of `per_dispatch` or at `stop`, so a run resumed at any step
+  realigns after its first one, and the loop's intervals (multiples of `per_dispatch`) fall on
+  dispatch ends."""
+  stacked = per_dispatch > 1
   batches = _prefetch(stream, start, stop, depth=max(4, 2 * per_dispatch))
   step = start
   while step < stop:
     end = min((step // per_dispatch + 1) * per_dispatch, stop)
-    yield end, [next(batches) for _ in range(end - step)]
+    host = [next(batches) for _ in range(end - step)]
+    local = [evaluation.device_batch(batch) for batch in host]
+    local = jax.tree.map(lambda *leaves: np.stack(leaves), *local) if stacked else local[0]
+    yield end, host, sharding.global_batch(local, mesh, stacked)
     step = end
 
 
@@ -237,11 +243,8 @@ def _train_and_evaluate(exp: experiment.Experiment, mesh, workdir: pathlib.Path,
       raise NonFiniteLossError(bad_step, step, last_saved, workdir)
 
   try:
-    for step, batches in _dispatches(stream, start, total, per_dispatch):
-      local = [evaluation.device_batch(batch) for batch in batches]
-      stacked = per_dispatch > 1
-      local = jax.tree.map(lambda *leaves: np.stack(leaves), *local) if stacked else local[0]
-      state, metrics = train_step(state, sharding.global_batch(local, mesh, stacked))
+    for step, batches, device_batch in dispatches(stream, start, total, per_dispatch, mesh):
+      state, metrics = train_step(state, device_batch)
       skipped = metrics.pop('skipped_steps_each', metrics['skipped_steps'])
       stop_if_non_finite(finite.push(step, skipped), step)
       tokens_since += sum(float(np.sum(b['tokens'] != 0)) for b in batches) * jax.process_count()
