@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import resource
+import time
 
 import jax
 import jax.numpy as jnp
@@ -70,10 +71,10 @@ METHODS = ('fixed', 'masked', 'compacted')
 DECODE_CALLS_PER_REPEAT = 10
 
 
-def _planned_bytes(jitted, *args) -> int | None:
+def _planned_bytes(compiled) -> int | None:
   """Arguments + outputs + temporaries of the compiled program (XLA's plan), if reported."""
   try:
-    stats = jitted.lower(*args).compile().memory_analysis()
+    stats = compiled.memory_analysis()
   except Exception:  # not every backend reports it
     return None
   if stats is None:
@@ -137,7 +138,16 @@ def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction,
     valid = tokens != 0
     h0 = embed(params['model'], tokens)
     io_seconds = timing.median_seconds(lambda: embed_and_readout(params['model'], tokens), repeats)
-    memory = {}
+    # Each method compiled once per length (every distribution has the same shapes), its time
+    # printed: on an accelerator compiling the compacted loop's buckets can take minutes.
+    compiled, memory = {}, {}
+    for method in METHODS:
+      start = time.perf_counter()
+      compiled[method] = run[method].lower(
+          fixed_params if method == 'fixed' else params, h0,
+          jnp.zeros((batch, length), jnp.float32), valid).compile()
+      memory[method] = _planned_bytes(compiled[method])
+      print(f'   L={length}: {method} compiled in {time.perf_counter() - start:.1f} s', flush=True)
     for dist in dists:
       depth_BxL = depths(dist, (batch, length), model.max_depth, rng)
       complexity = jnp.asarray(depth_BxL - 1, jnp.float32)
@@ -147,21 +157,19 @@ def inference_table(model: ModelConfig, lengths, dists, repeats, dense_fraction,
              'embed_readout_seconds': io_seconds}
       args = {method: (fixed_params if method == 'fixed' else params, h0, complexity, valid)
               for method in METHODS}
-      calls = {method: functools.partial(run[method], *args[method])
+      calls = {method: functools.partial(compiled[method], *args[method])
                for method in METHODS}
       seconds = {method: float(np.median(times))
                  for method, times in timing.interleaved(calls, repeats).items()}
       for method in METHODS:
-        if method not in memory:
-          memory[method] = _planned_bytes(run[method], *args[method])
         row[f'{method}_recurrence_seconds'] = seconds[method]
         row[f'{method}_speedup'] = seconds['fixed'] / seconds[method]
         row[f'{method}_tokens_per_s'] = batch * length / (seconds[method] + io_seconds)
         row[f'{method}_planned_mb'] = (memory[method] / 2**20
                                        if memory.get(method) is not None else None)
-      trajectory, work = run['compacted'](params, h0, complexity, valid)
+      trajectory, work = compiled['compacted'](params, h0, complexity, valid)
       row['depths_as_chosen'] = bool(np.array_equal(np.asarray(trajectory.depth_BxL), depth_BxL))
-      masked = run['masked'](params, h0, complexity, valid)
+      masked = compiled['masked'](params, h0, complexity, valid)
       row['compacted_max_abs_diff_vs_masked'] = float(jnp.max(jnp.abs(
           trajectory.state_BxLxD - masked.state_BxLxD)))
       row['compacted_work'] = {k: int(v) for k, v in work._asdict().items()}
