@@ -72,7 +72,7 @@ class ParityTask(base.Task):
     if self.layout == 'prefix':
       fields = self._prefix_fields(rng.integers(0, 2, size=(1, size)))
     else:
-      fields = self._fields(self._sparse_signs(rng, size)[None])
+      fields = self._sparse_fields(self._sparse_signs(rng, size)[None])
     row = {name: value[0] for name, value in fields.items()}
     return base.Example(
         tokens=row['tokens'], targets=row['targets'], loss_mask=row['loss_mask'],
@@ -85,7 +85,7 @@ class ParityTask(base.Task):
     examples differ in length, one example at a time."""
     if self.layout == 'prefix':
       return super().sample_batch(rng, sizes, seq_len, annotate_sizes)
-    fields = self._fields(self._sparse_signs_batch(rng, np.asarray(sizes)))
+    fields = self._sparse_fields(self._sparse_signs_batch(rng, np.asarray(sizes)))
     length = fields['tokens'].shape[1]
     if length > seq_len:
       raise ValueError(f'example of length {length} does not fit seq_len={seq_len}')
@@ -116,15 +116,15 @@ class ParityTask(base.Task):
   def _prefix_fields(self, bits: np.ndarray) -> dict[str, np.ndarray]:
     """The prefix layout's arrays, each [B, n] (behind `<s>` with `bos`), from `bits` [B, n]."""
     ones = np.cumsum(bits, axis=1)
-    position = np.broadcast_to(np.arange(1, bits.shape[1] + 1, dtype=np.float32), bits.shape)
+    position = np.tile(np.arange(1, bits.shape[1] + 1, dtype=np.float32), (len(bits), 1))
     fields = dict(
         tokens=np.where(bits == 1, _ONE, _ZERO).astype(np.int32),
         targets=np.where(ones % 2 == 1, _ONE, _ZERO).astype(np.int32),
-        loss_mask=np.ones(bits.shape, bool), complexity=position,
+        loss_mask=np.ones(bits.shape, bool), complexity=position.copy(),
         ones_so_far=ones.astype(np.float32), position=position)
     return _after_bos(fields) if self.bos else fields
 
-  def _fields(self, values: np.ndarray) -> dict[str, np.ndarray]:
+  def _sparse_fields(self, values: np.ndarray) -> dict[str, np.ndarray]:
     """The PonderNet layouts' arrays, each [B, T, ...] (behind `<s>` with `bos`), from vectors
     `values` [B, ponder_length]: tokens, targets, loss_mask, complexity, the features, and in the
     vector layout `vectors`."""
@@ -146,8 +146,7 @@ class ParityTask(base.Task):
         targets=np.where(ones % 2 == 1, _ONE, _ZERO).astype(np.int32), loss_mask=loss_mask,
         complexity=np.cumsum(values != 0, axis=1).astype(np.float32),
         ones_so_far=ones.astype(np.float32),
-        position=np.broadcast_to(np.arange(1, values.shape[1] + 1, dtype=np.float32),
-                                 values.shape))
+        position=np.tile(np.arange(1, values.shape[1] + 1, dtype=np.float32), (batch_size, 1)))
     return _after_bos(fields) if self.bos else fields
 
 
