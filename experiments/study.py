@@ -188,8 +188,10 @@ def _cached_figures(out: pathlib.Path, cell: str, decider: str, runs: dict[int, 
   changed, minutes less each time a run is added."""
   key = hashlib.sha256(json.dumps([cell, decider, n_boot, sorted(runs)]).encode())
   task_module = sys.modules[tasks.TASKS[config_for(cell, decider, 0).task.name].__module__]
-  for module in (sys.modules[__name__], common, study_lib, stats, task_module):
-    key.update(pathlib.Path(module.__file__).read_bytes())
+  sources = [pathlib.Path(m.__file__) for m in (sys.modules[__name__], common, stats, task_module)]
+  sources += sorted(pathlib.Path(study_lib.__file__).parent.glob('*.py'))  # all of analysis/
+  for source in sources:
+    key.update(source.read_bytes())
   for seed in sorted(runs):
     key.update((out / cell / decider / f'seed_{seed}' / 'records.npz').read_bytes())
   path = out / FIGURES_CACHE / f'{cell}.{decider}.pkl'
