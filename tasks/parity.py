@@ -27,6 +27,8 @@ lengths 1-16. The marker at a distance that differs per position breaks that sym
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from tasks import base
@@ -80,9 +82,10 @@ class ParityTask(base.Task):
         vectors=row.get('vectors'))
 
   def sample_batch(self, rng: np.random.Generator, sizes: np.ndarray, seq_len: int,
-                   annotate_sizes=None) -> dict[str, np.ndarray]:
+                   annotate_sizes: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """The PonderNet layouts draw the whole batch at once (`Task.sample_batch`); `prefix`, whose
-    examples differ in length, one example at a time."""
+    examples differ in length, one example at a time. Parity has no analysis-only annotations
+    (`Task.annotate` is the identity), so `annotate_sizes` changes nothing."""
     if self.layout == 'prefix':
       return super().sample_batch(rng, sizes, seq_len, annotate_sizes)
     fields = self._sparse_fields(self._sparse_signs_batch(rng, np.asarray(sizes)))
