@@ -124,13 +124,14 @@ def seed_bootstrap(runs: Sequence[dict[str, np.ndarray]],
 
 
 def difference(a: dict, b: dict, level: float = 0.95) -> dict:
-  """a − b for two independent `seed_bootstrap` results kept with their draws: {'mean', 'ci'}."""
+  """a − b for two independent `seed_bootstrap` results kept with their draws: {'mean', 'ci',
+  'draws'}, so that two differences can be compared in turn."""
   if a['mean'] is None or b['mean'] is None:
-    return {'mean': None, 'ci': None}
+    return {'mean': None, 'ci': None, 'draws': []}
   n = min(len(a['draws']), len(b['draws']))
-  draws = np.asarray(a['draws'][:n]) - np.asarray(b['draws'][:n])
+  draws = (np.asarray(a['draws'][:n]) - np.asarray(b['draws'][:n])).tolist()
   return {'mean': a['mean'] - b['mean'],
-          'ci': percentile_interval(draws.tolist(), level, min_count=10)}
+          'ci': percentile_interval(draws, level, min_count=10), 'draws': draws}
 
 
 def verdict(ci: Sequence[float] | None, margin: float) -> str:
@@ -143,5 +144,18 @@ def verdict(ci: Sequence[float] | None, margin: float) -> str:
   if ci[0] > margin:
     return 'holds'
   if ci[1] < margin:
+    return 'does not hold'
+  return 'inconclusive'
+
+
+def change_verdict(ci: Sequence[float] | None, margin: float) -> str:
+  """Whether an effect claimed to exist in either direction is there: 'holds' when the whole
+  interval lies beyond ±`margin`, 'does not hold' when it lies inside it (whatever changes is
+  smaller than what matters), 'inconclusive' otherwise (or undefined)."""
+  if ci is None:
+    return 'inconclusive'
+  if ci[0] > margin or ci[1] < -margin:
+    return 'holds'
+  if -margin < ci[0] and ci[1] < margin:
     return 'does not hold'
   return 'inconclusive'

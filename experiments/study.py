@@ -246,7 +246,9 @@ def verdicts(figures: dict) -> dict:
 
 def cue_verdicts(figures: dict) -> dict:
   """Does a static cue change who allocates better? Per MANO cell (with and without the marker
-  naming L), ANIRA-E's alignment minus ANIRA-O's, with its verdict (E aligns better)."""
+  naming L), ANIRA-E's alignment minus ANIRA-O's, with its verdict (E aligns better); with both
+  cells, that gap with the marker minus the gap without it, judged in either direction (the
+  marker changes who allocates better)."""
   out = {}
   for cell in ('mano', 'mano_no_marker'):
     by_decider = figures.get(cell, {})
@@ -256,7 +258,16 @@ def cue_verdicts(figures: dict) -> dict:
     e, o = by_decider['early'], by_decider['online']
     gap = stats.difference(e[key], o[key])
     reason = withheld(e) or withheld(o)
-    out[cell] = {**gap, 'verdict': reason or stats.verdict(gap['ci'], MARGINS['rho'])}
+    out[cell] = {**gap, 'claim': 'E aligns better',
+                 'verdict': reason or stats.verdict(gap['ci'], MARGINS['rho'])}
+  if len(out) == 2:
+    with_marker, without = out['mano'], out['mano_no_marker']
+    change = stats.difference(with_marker, without)
+    reason = next((v['verdict'] for v in (with_marker, without)
+                   if v['verdict'].startswith('withheld')), None)
+    out['marker: with − without'] = {
+        **change, 'claim': 'the marker changes E − O',
+        'verdict': reason or stats.change_verdict(change['ci'], MARGINS['rho'])}
   return out
 
 
@@ -343,9 +354,10 @@ def table(figures: dict, verdict_table: dict, timing: dict, cue: dict) -> str:
                      f'{_ci(f[f"accuracy/{split}/T{d}/forced"])} | '
                      f'{_ci(f[f"accuracy/{split}/T{2 * d}/forced"])} | {_ci(gain)} |')
   if cue:
-    lines += ['', '| MANO cell | ρ(ANIRA-E) − ρ(ANIRA-O) [95% CI] | E aligns better |',
-              '|---|---|---|']
-    lines += [f'| {cell} | {_ci(v, 2)} | {v["verdict"]} |' for cell, v in cue.items()]
+    lines += ['', '| MANO cell | ρ(ANIRA-E) − ρ(ANIRA-O) [95% CI] | claim | verdict |',
+              '|---|---|---|---|']
+    lines += [f'| {cell} | {_ci(v, 2)} | {v["claim"]} | {v["verdict"]} |'
+              for cell, v in cue.items()]
   if timing:
     lines += ['', '| BREVO decision timing (added R²) | difference [95% CI] | verdict |',
               '|---|---|---|']

@@ -126,6 +126,16 @@ def test_the_static_cue_is_judged_by_the_gap_between_deciders():
   cue = study.cue_verdicts(figures)
   assert cue['mano']['mean'] == pytest.approx(0.4) and cue['mano']['verdict'] == 'holds'
   assert cue['mano_no_marker']['verdict'] == 'does not hold'
+  # the marker's effect on the gap: 0.4 with it against 0 without it
+  change = cue['marker: with − without']
+  assert change['mean'] == pytest.approx(0.4) and change['verdict'] == 'holds'
+  assert change['ci'][0] < 0.4 < change['ci'][1]
+  same = study.cue_verdicts({'mano': _cue_figures(0.6, 0.2),
+                             'mano_no_marker': _cue_figures(0.5, 0.1)})
+  assert same['marker: with − without']['verdict'] == 'does not hold'
+  half = study.cue_verdicts({'mano': _cue_figures(0.6, 0.2, acc_online=0.5),
+                             'mano_no_marker': _cue_figures(0.3, 0.3)})
+  assert half['marker: with − without']['verdict'] == study.NOT_LEARNED
   unlearned = study.cue_verdicts({'mano': _cue_figures(0.6, 0.2, acc_online=0.5)})
   assert unlearned['mano']['verdict'] == study.NOT_LEARNED
   one_seed = study.cue_verdicts({'mano': _cue_figures(0.6, 0.2, seeds_online=1)})
@@ -192,6 +202,11 @@ def test_verdict_rule():
   assert stats.verdict([-0.1, 0.05], 0.1) == 'does not hold'
   assert stats.verdict([0.05, 0.3], 0.1) == 'inconclusive'
   assert stats.verdict(None, 0.1) == 'inconclusive'
+  # a change claimed in either direction
+  assert stats.change_verdict([0.2, 0.4], 0.1) == stats.change_verdict([-0.4, -0.2], 0.1) == 'holds'
+  assert stats.change_verdict([-0.05, 0.08], 0.1) == 'does not hold'
+  assert stats.change_verdict([-0.2, 0.05], 0.1) == 'inconclusive'
+  assert stats.change_verdict(None, 0.1) == 'inconclusive'
 
 
 @pytest.mark.parametrize('cell', study.CELLS)
