@@ -5,7 +5,8 @@
     python -m benchmarks.data --configs=parity:ponder --batch_size=1024  # PonderNet's vectors
 
 For each experiment config it times (a) `Stream.batch` at the training sizes and at the largest
-size the config evaluates, (b) the same training batches drawn one example at a time (the default
+size the config evaluates, there with and without the analysis features evaluation sets carry
+(`Task.annotate`; training batches go without), (b) the same training batches drawn one example at a time (the default
 `Task.sample_batch`; the same path as (a) for tasks that do not draw whole batches), and (c) the
 jitted train step on that config, in one run, then prints the ratio generation / consumption.
 Generation runs in a background thread during training (`loop._prefetch`), so a ratio above 1
@@ -46,9 +47,11 @@ def measure(name: str, repeats: int) -> dict:
   largest = max(max(s) for s in exp.splits.values())
   stream = tasks.Stream(task, train_sizes, batch_size, seed=0, annotate=False)
   big = tasks.Stream(task, (largest,), batch_size, seed=0)
+  big_bare = tasks.Stream(task, (largest,), batch_size, seed=0, annotate=False)
   counter = iter(range(10**9))
   gen_train = timing.median_seconds(lambda: stream.batch(next(counter)), repeats)
   gen_largest = timing.median_seconds(lambda: big.batch(next(counter)), repeats)
+  gen_largest_bare = timing.median_seconds(lambda: big_bare.batch(next(counter)), repeats)
   rng = np.random.default_rng(0)
   gen_one_by_one = timing.median_seconds(
       lambda: tasks.Task.sample_batch(task, rng, rng.choice(train_sizes, batch_size),
@@ -72,6 +75,7 @@ def measure(name: str, repeats: int) -> dict:
       'largest_eval_size': largest,
       'generated_examples_per_s_train_sizes': batch_size / gen_train,
       'generated_examples_per_s_largest_size': batch_size / gen_largest,
+      'generated_examples_per_s_largest_size_bare': batch_size / gen_largest_bare,
       'generated_examples_per_s_one_at_a_time': batch_size / gen_one_by_one,
       'consumed_examples_per_s': batch_size / step_seconds,
       'headroom': step_seconds / gen_train,
@@ -81,11 +85,12 @@ def measure(name: str, repeats: int) -> dict:
 def main(argv):
   del argv
   results = {name: measure(name, _STEPS.value) for name in _CONFIGS.value}
-  print(f'{"config":<15}{"gen ex/s (train)":>18}{"gen ex/s (largest)":>20}'
+  print(f'{"config":<15}{"gen ex/s (train)":>18}{"gen ex/s (largest)":>20}{"(bare)":>9}'
         f'{"one at a time":>15}{"step ex/s":>11}{"headroom":>10}')
   for name, r in results.items():
     print(f'{name:<15}{r["generated_examples_per_s_train_sizes"]:>18.0f}'
           f'{r["generated_examples_per_s_largest_size"]:>20.0f}'
+          f'{r["generated_examples_per_s_largest_size_bare"]:>9.0f}'
           f'{r["generated_examples_per_s_one_at_a_time"]:>15.0f}'
           f'{r["consumed_examples_per_s"]:>11.0f}{r["headroom"]:>9.1f}x')
   timing.write_results(results, _OUT.value)

@@ -82,6 +82,7 @@ def test_data_benchmark_takes_a_config_argument_and_times_both_draws(tmp_path):
   row = json.loads(out.read_text())['parity:ponder']
   assert row['batch_size'] == 16 and row['train_sizes'] == [1, 48]
   assert row['generated_examples_per_s_one_at_a_time'] > 0 and row['headroom'] > 0
+  assert row['generated_examples_per_s_largest_size_bare'] > 0
 
 
 @pytest.mark.slow
