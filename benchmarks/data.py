@@ -6,8 +6,8 @@
 
 For each experiment config it times (a) `Stream.batch` at the training sizes and at the largest size
 the config evaluates, there with and without the analysis features evaluation sets carry
-(`Task.annotate`; training batches go without), (b) the same training batches drawn one example at a
-time (the default `Task.sample_batch`; the same path as (a) for tasks that do not draw whole
+(`Task.annotate`; training batches go without), (b) batches of the training sizes drawn one example
+at a time (the default `Task.sample_batch`; the same path as (a) for tasks that do not draw whole
 batches), and (c) the jitted train step on that config, in one run, then prints the ratio generation
 / consumption. Generation runs in a background thread during training (`loop._prefetch`), so a ratio
 above 1 means training never waits for data; one generator thread serves one process. Figures are

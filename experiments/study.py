@@ -249,7 +249,7 @@ def cue_verdicts(figures: dict) -> dict:
   naming L), ANIRA-E's alignment minus ANIRA-O's, with its verdict (E aligns better); with both
   cells, that gap with the marker minus the gap without it, judged in either direction (the
   marker changes who allocates better)."""
-  out = {}
+  out, reasons = {}, []
   for cell in ('mano', 'mano_no_marker'):
     by_decider = figures.get(cell, {})
     if set(by_decider) != set(DECIDERS):
@@ -257,17 +257,14 @@ def cue_verdicts(figures: dict) -> dict:
     key = f'rho/{tasks_headline(cell)}'
     e, o = by_decider['early'], by_decider['online']
     gap = stats.difference(e[key], o[key])
-    reason = withheld(e) or withheld(o)
+    reasons.append(withheld(e) or withheld(o))
     out[cell] = {**gap, 'claim': 'E aligns better',
-                 'verdict': reason or stats.verdict(gap['ci'], MARGINS['rho'])}
+                 'verdict': reasons[-1] or stats.verdict(gap['ci'], MARGINS['rho'])}
   if len(out) == 2:
-    with_marker, without = out['mano'], out['mano_no_marker']
-    change = stats.difference(with_marker, without)
-    reason = next((v['verdict'] for v in (with_marker, without)
-                   if v['verdict'].startswith('withheld')), None)
+    change = stats.difference(out['mano'], out['mano_no_marker'])
     out['marker: with − without'] = {
         **change, 'claim': 'the marker changes E − O',
-        'verdict': reason or stats.change_verdict(change['ci'], MARGINS['rho'])}
+        'verdict': reasons[0] or reasons[1] or stats.change_verdict(change['ci'], MARGINS['rho'])}
   return out
 
 
